@@ -1,0 +1,28 @@
+# sgdlab — `make help` lists the targets. Everything runs inside .venv (created by `make setup`).
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## create .venv and install sgdlab (idempotent; CPU torch 2.13.0 unless a torch is already there)
+	@bash scripts/setup.sh
+
+run: setup ## set up, then run the default study end to end on the embedded defaults
+	sgdlab run
+
+test: setup ## set up, then run the default test suite (no slow/GPU/browser tests)
+	$(PY) -m pytest -m "not slow and not gpu and not browser" -q
+
+test-slow: setup ## the slow tests (minutes)
+	$(PY) -m pytest -m "slow" -q
+
+lint: setup ## ruff
+	$(PY) -m ruff check src tasks flows tests bench
+
+bench: bench-data ## all benchmarks (figures as ratios to a baseline measured in the same run)
+
+bench-data: setup ## data path: IDX->Parquet, Parquet->tensors, cold CLI start, first-flow overhead
+	$(PY) bench/bench_data.py --out bench/results/data.json

@@ -1,0 +1,1 @@
+"""Prefect flows: compose tasks into the study pipeline and its phases."""

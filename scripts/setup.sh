@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Idempotent setup: .venv with CPU torch 2.13.0 first (an existing torch, e.g. a CUDA build, is kept),
+# then sgdlab with its dev extras and the pins that make Prefect 3.8.8 work (see shared STACK.md),
+# bytecode compiled, and the Fashion-MNIST Debian package when running as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian package dataset-fashion-mnist"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+        || echo "setup: could not install dataset-fashion-mnist; Fashion-MNIST will be unavailable"
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+VPY=.venv/bin/python
+stamp=.venv/.sgdlab-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+if ! "$VPY" -c "import torch" 2>/dev/null; then
+    echo "setup: installing torch==2.13.0 (CPU build)"
+    "$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0
+fi
+echo "setup: installing sgdlab[dev] into .venv"
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+echo "setup: compiling bytecode"
+"$VPY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
+echo "$want" > "$stamp"

@@ -1,0 +1,109 @@
+"""Processed Parquet -> tensors on a device, normalised, with fixed seeded validation and probe subsets.
+
+The whole dataset lives on the device (airbench habit); training batches are made by indexing.
+Splits: the Parquet ``train`` split is divided once, with ``split_seed``, into a training part and a
+held-out validation part (``val_fraction``); ``probe_idx`` is a fixed seeded subset of the training part
+used by the Hessian probes. Images are scaled to [0, 1] then standardised with the training part's
+mean/std; float features are used as stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sgdlab.data.parquet import DataFileError, read_split
+
+
+@dataclass(frozen=True)
+class TensorSplits:
+    """A dataset on a device. x tensors are float32 ``(N, *input_shape)``; y int64 (classes) or float32."""
+
+    name: str
+    task: str
+    num_classes: int | None
+    input_shape: tuple[int, ...]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    probe_idx: torch.Tensor  # (P,) indices into x_train
+    data_hash: str
+    meta: dict
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes if self.num_classes is not None else 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, CPU otherwise. Asking for CUDA without it is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("study.device = 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return dev
+
+
+def load_splits(
+    name: str,
+    root: Path | str = "data",
+    device: str | torch.device = "cpu",
+    val_fraction: float = 0.1,
+    probe_size: int = 1000,
+    split_seed: int = 0,
+) -> TensorSplits:
+    """Load ``<root>/processed/<name>`` onto ``device`` (see module docstring)."""
+    base = Path(root) / "processed" / name
+    if not base.is_dir():
+        raise DataFileError(f"{base}: dataset {name!r} is not prepared; run `sgdlab prepare` first")
+    x_tr, y_tr, meta = read_split(base / "train.parquet")
+    x_te, y_te, meta_te = read_split(base / "test.parquet")
+    if meta["data_hash"] != meta_te["data_hash"]:
+        raise DataFileError(f"{base}: train and test files come from different prepare runs; run `sgdlab prepare`")
+    dev = resolve_device(device)
+
+    n = len(x_tr)
+    n_val = int(round(val_fraction * n))
+    if n - n_val < 1:
+        raise ValueError(f"data.val_fraction={val_fraction} leaves no training examples out of {n}")
+    perm = np.random.default_rng(split_seed).permutation(n)
+    val_idx, tr_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+
+    def feats(x: np.ndarray) -> torch.Tensor:
+        # copy: Parquet buffers are read-only; the float conversion happens on the device
+        return torch.from_numpy(np.array(x, copy=True)).to(dev).to(torch.float32)
+
+    xt, xv, xs = feats(x_tr[tr_idx]), feats(x_tr[val_idx]), feats(x_te)
+    norm = {}
+    if x_tr.dtype == np.uint8:  # images: [0, 1], then standardise with the training part's statistics
+        for t in (xt, xv, xs):  # in place: Fashion-MNIST is 170 MB as float32
+            t.mul_(1 / 255.0)
+        mean, std = xt.mean().item(), xt.std().item()
+        for t in (xt, xv, xs):
+            t.sub_(mean).div_(std)
+        norm = {"mean": mean, "std": std, "scale": 1 / 255}
+    ydtype = torch.int64 if meta["task"] == "classification" else torch.float32
+
+    def labels(y: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(y, copy=True)).to(dev, ydtype)
+
+    # The probe subset is capped at the training part's size (small theory tasks have fewer examples
+    # than the default probe size); the size actually used is in meta["probe_size"].
+    n_tr = len(tr_idx)
+    if probe_size < 1:
+        raise ValueError(f"data.probe_size={probe_size} must be >= 1")
+    g = torch.Generator().manual_seed(split_seed)
+    probe = torch.randperm(n_tr, generator=g)[: min(probe_size, n_tr)].sort().values.to(dev)
+    return TensorSplits(
+        name=name, task=meta["task"], num_classes=meta["num_classes"], input_shape=tuple(meta["shape"]),
+        x_train=xt, y_train=labels(y_tr[tr_idx]), x_val=xv, y_val=labels(y_tr[val_idx]),
+        x_test=xs, y_test=labels(y_te), probe_idx=probe, data_hash=meta["data_hash"],
+        meta={**meta, "normalization": norm, "n_val": n_val, "probe_size": len(probe)},
+    )

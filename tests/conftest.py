@@ -1,0 +1,78 @@
+"""Shared fixtures. Isolation first: tests never write into the repo's mlflow/, .prefect/ or data/.
+
+- ``SGDLAB_HOME`` points at a session temp project (holding a copy of params.yaml and dvc.yaml).
+- ``PREFECT_HOME`` points into it before anything imports Prefect.
+- ``mlflow_store``: a per-test copy of one pre-migrated sqlite MLflow DB (a fresh DB pays ~5 s of
+  migrations; copying costs milliseconds).
+- ``prefect_harness``: one real ephemeral Prefect API for the session (``prefect_test_harness``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="sgdlab-test-home-"))
+for name in ("params.yaml", "dvc.yaml"):
+    shutil.copy(REPO / name, _SESSION_HOME / name)
+os.environ["SGDLAB_HOME"] = str(_SESSION_HOME)
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / ".prefect")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.setdefault("CI", "true")  # quiet progress bars
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def session_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """Migrate one sqlite MLflow DB once per session."""
+    from mlflow.tracking import MlflowClient
+
+    d = tmp_path_factory.mktemp("mlflow-template")
+    db = d / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, _mlflow_template, monkeypatch) -> str:
+    """A fresh, already-migrated MLflow store for one test; returns its tracking URI."""
+    db = tmp_path / "mlflow" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(_mlflow_template, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real ephemeral Prefect API for the whole session (~10 s once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    return tmp_path / "data"
+
+
+FASHION_DIR = Path(os.environ.get("SGDLAB_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
