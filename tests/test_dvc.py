@@ -30,7 +30,7 @@ def _clone(dst: Path) -> None:
             shutil.copy2(src, dst / f)
 
 
-def test_dvc_repro_runs_prepare_then_is_a_noop_and_push_pull_round_trip(tmp_path, mlflow_store):
+def test_dvc_repro_prepare_runs_then_is_a_noop_and_push_pull_round_trip(tmp_path, mlflow_store):
     clone = tmp_path / "clone"
     clone.mkdir()
     _clone(clone)
@@ -47,7 +47,7 @@ def test_dvc_repro_runs_prepare_then_is_a_noop_and_push_pull_round_trip(tmp_path
     _run(["git", "add", "-A"], clone, env)
     _run(["git", "commit", "-q", "-m", "clone"], clone, env)
 
-    first = _run([BIN / "dvc", "repro"], clone, env)
+    first = _run([BIN / "dvc", "repro", "prepare"], clone, env)
     assert "Running stage 'prepare'" in first.stdout, first.stdout
     out = clone / "data" / "processed"
     for name in ("xor", "separable"):
@@ -55,19 +55,19 @@ def test_dvc_repro_runs_prepare_then_is_a_noop_and_push_pull_round_trip(tmp_path
     assert (clone / "dvc.lock").is_file()
     assert "/processed" in (clone / "data" / ".gitignore").read_text()  # DVC keeps outs out of git
 
-    second = _run([BIN / "dvc", "repro"], clone, env)
+    second = _run([BIN / "dvc", "repro", "prepare"], clone, env)
     assert "Running stage" not in second.stdout and "didn't change" in second.stdout, second.stdout
 
     # Changing a param the stage declares re-runs it.
-    _run([BIN / "dvc", "push"], clone, env)
+    _run([BIN / "dvc", "push", "prepare"], clone, env)
     before = (out / "xor" / "train.parquet").read_bytes()
     shutil.rmtree(out)
-    _run([BIN / "dvc", "pull"], clone, env)
+    _run([BIN / "dvc", "pull", "prepare"], clone, env)
     assert (out / "xor" / "train.parquet").read_bytes() == before
     assert (clone / ".dvc-remote").is_dir()  # the default local remote, git-ignored
 
     params["data"]["xor"]["seed"] = 1
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = _run([BIN / "dvc", "repro"], clone, env)
+    third = _run([BIN / "dvc", "repro", "prepare"], clone, env)
     assert "Running stage 'prepare'" in third.stdout
     assert (out / "xor" / "train.parquet").read_bytes() != before

@@ -68,23 +68,108 @@ def prepare(
         _fail(exc)
 
 
+def _print_summary(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sweep: test accuracy over seeds (mean ± std)")
+    for col in ("model", "optimizer", "lr", "batch", "variant", "runs", "diverged", "test acc"):
+        table.add_column(col)
+    for s in out["summary"]:
+        m, sd = s.get("test/acc mean"), s.get("test/acc std")
+        acc = "-" if m is None else f"{100 * m:.2f} ± {100 * (sd or 0):.2f} %"
+        table.add_row(str(s["model"]), str(s["optimizer"]), f"{s['lr']:g}", str(s["batch_size"]), str(s["variant"]),
+                      str(s["runs"]), str(s["diverged"]), acc)
+    Console().print(table)
+
+
+@app.command()
+def sweep(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Train the sweep of params.yaml: optimizers x lrs x batch sizes x seeds x models, plus scaling-rule
+    variants. Finished runs are skipped, interrupted ones resume; results go to results/<study>/runs.parquet
+    and to one MLflow child run per training run."""
+    cfg = _config(params, set_)
+    from flows.sweep import run_sweep
+    from sgdlab.data import DataFileError, SourceError
+
+    try:
+        out = run_sweep(cfg)
+    except (SourceError, DataFileError, ValueError) as exc:
+        _fail(exc)
+    _print_summary(out)
+    typer.echo(f"results: {out['runs_table']}")
+
+
+@app.command()
+def probe(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Probe the Hessian of every finished run of the sweep at its final checkpoint: top-k eigenvalues
+    (lambda_max), trace, the stability threshold (2/lr for SGD), Adam's preconditioned sharpness, optionally
+    the spectral density. Adds hessian/* columns to runs.parquet and metrics to each MLflow run."""
+    cfg = _config(params, set_)
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.probe import run_probe
+
+    try:
+        out = run_probe(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title=f"Hessian at the final checkpoints ({out['probed']} runs)")
+    for col in ("run", "lambda_max", "threshold", "trace ± stderr"):
+        table.add_column(col)
+    for key, m in out["metrics"].items():
+        tr = m.get("hessian/trace")
+        table.add_row(key, f"{m['hessian/lambda_max']:.4g}", f"{m.get('hessian/threshold', float('nan')):.4g}",
+                      "-" if tr is None else f"{tr:.4g} ± {m['hessian/trace_stderr']:.2g}")
+    Console().print(table)
+    typer.echo(f"results: {out['runs_table']}")
+
+
+@app.command()
+def optimizers(name: Optional[str] = typer.Argument(None, help="show one optimizer in detail")) -> None:
+    """List the optimizer families with their hyper-parameters and defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sgdlab.optim import get_spec, list_specs
+
+    console = Console()
+    if name:
+        try:
+            spec = get_spec(name)
+        except ValueError as exc:
+            _fail(exc)
+        console.print(f"[bold]{spec.name}[/bold] ({spec.family}; {spec.source})\n{spec.summary}\n{spec.paper}")
+        for hp in spec.hparams:
+            console.print(f"  {hp.name} = {hp.default!r}  {hp.doc}")
+        return
+    table = Table(title="sgdlab optimizers (`sgdlab optimizers NAME` for details)")
+    for col in ("name", "family", "source", "hyper-parameters (defaults)"):
+        table.add_column(col)
+    for spec in list_specs():
+        table.add_row(spec.name, spec.family, spec.source, ", ".join(f"{h.name}={h.default!r}" for h in spec.hparams))
+    console.print(table)
+
+
 @app.command()
 def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """Run the study pipeline on the embedded defaults (no server needed).
-
-    Phases: prepare data. (Training, probing, GAN prediction and the report plug in as they land.)
-    """
+    """Run the study pipeline on the embedded defaults (no server needed): prepare the data, then train the
+    sweep. (Hessian probing, GAN prediction and the report join as those phases land.)"""
     cfg = _config(params, set_)
     from flows.prepare import run_prepare
+    from flows.sweep import run_sweep
     from sgdlab import tracking
     from sgdlab.data import DataFileError, SourceError
 
-    typer.echo(f"sgdlab run: study {cfg.study.name!r}; phases: prepare")
+    typer.echo(f"sgdlab run: study {cfg.study.name!r}; phases: prepare, sweep")
     try:
-        results = run_prepare(cfg)
+        prepared = run_prepare(cfg)
+        out = run_sweep(cfg)
     except (SourceError, DataFileError, ValueError) as exc:
         _fail(exc)
-    typer.echo(f"done: {len(results)} datasets prepared under {cfg.data.root}/processed/")
+    _print_summary(out)
+    typer.echo(f"done: {len(prepared)} datasets prepared; {out['n_runs']} runs in {out['runs_table']}")
     typer.echo(f"MLflow store: {tracking.tracking_uri()}  (browse it with `sgdlab ui`)")
 
 

@@ -35,6 +35,8 @@ class StudyConfig(_Frozen):
     name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    models_dir: str = "models"  # checkpoints: <models_dir>/<study>/<run_key>/
+    results_dir: str = "results"  # tables and reports: <results_dir>/<study>/
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -120,6 +122,134 @@ class DataConfig(_Frozen):
         return v
 
 
+# ---------------------------------------------------------------------------------------- training
+class ModelConfig(_Frozen):
+    name: str = "mlp"  # a name of sgdlab.models (checked against the registry when the sweep expands)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(_Frozen):
+    kind: Literal["constant", "step", "cosine", "warmup_cosine", "warmup_constant"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(1000, gt=0)
+    gamma: float = Field(0.1, gt=0.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Frozen):
+    """One training run's loop settings (the sweep varies optimizer, lr, batch size, seed and model)."""
+
+    dataset: str = "fashion_mnist"
+    steps: int = Field(500, gt=0)
+    physical_batch_size: int | None = Field(None, gt=0)
+    schedule: ScheduleConfig = ScheduleConfig()
+    log_every: int = Field(50, gt=0)
+    eval_every: int = Field(100, ge=0)
+    checkpoint_every: int = Field(200, ge=0)
+    blowup_factor: float = Field(1e4, gt=1.0)
+    amp_bf16: bool = False
+    compile: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DATASET_NAMES:
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASET_NAMES)}")
+        return v
+
+
+class OptimizerEntry(_Frozen):
+    """One optimizer family in the sweep: its name, one or more learning rates, other hyper-parameters."""
+
+    name: str
+    lr: float | tuple[float, ...]
+    hparams: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, v):
+        for lr in (v if isinstance(v, tuple) else (v,)):
+            if not lr > 0:
+                raise ValueError(f"learning rate must be > 0, got {lr}")
+        return v
+
+    @field_validator("hparams")
+    @classmethod
+    def _no_lr(cls, v: dict) -> dict:
+        if "lr" in v:
+            raise ValueError("put the learning rate in `lr`, not in `hparams`")
+        return v
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return self.lr if isinstance(self.lr, tuple) else (self.lr,)
+
+
+class VariantConfig(_Frozen):
+    """An SDE-motivated transform applied to every base run of the sweep (adds runs, keeps the base)."""
+
+    rule: Literal["linear", "sqrt", "svag"]
+    factor: float = Field(gt=0.0)  # kappa for linear/sqrt, l for svag
+
+
+class SweepConfig(_Frozen):
+    optimizers: tuple[OptimizerEntry, ...] = (OptimizerEntry(name="sgd", lr=0.1),)
+    batch_sizes: tuple[int, ...] = (128,)
+    seeds: tuple[int, ...] = (0,)
+    models: tuple[ModelConfig, ...] = (ModelConfig(),)
+    variants: tuple[VariantConfig, ...] = ()
+
+    @field_validator("batch_sizes", "seeds")
+    @classmethod
+    def _nonempty_nonneg(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("needs at least one value")
+        if any(x < 0 for x in v):
+            raise ValueError(f"values must be >= 0, got {list(v)}")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"batch sizes must be >= 1, got {list(v)}")
+        return v
+
+    @field_validator("optimizers", "models")
+    @classmethod
+    def _nonempty(cls, v: tuple) -> tuple:
+        if not v:
+            raise ValueError("needs at least one entry")
+        return v
+
+
+# ----------------------------------------------------------------------------------------- probing
+class ProbeConfig(_Frozen):
+    """Hessian probes on a fixed seeded subset of the training data: the first ``subset_size`` examples of
+    the dataset's probe subset (``data.probe_size``, itself capped at the training part's size), during
+    training every ``every`` steps and on final checkpoints."""
+
+    subset_size: int = Field(512, gt=0)
+    batch_size: int | None = Field(None, gt=0)  # physical batch of the probe (None: the whole subset)
+    bn_mode: Literal["eval", "train"] = "eval"
+    k: int = Field(1, gt=0)  # top-k eigenvalues
+    tol: float = Field(1e-3, gt=0.0, lt=1.0)
+    max_iter: int = Field(100, gt=1)
+    trace_probes: int = Field(20, ge=0)  # Hutchinson probes on checkpoints (0: no trace)
+    every: int = Field(0, ge=0)  # probe cadence during training, in steps (0: off)
+    train_trace_probes: int = Field(0, ge=0)  # Hutchinson probes at each in-training probe
+    density_probes: int = Field(0, ge=0)  # stochastic Lanczos quadrature on checkpoints (0: off)
+    lanczos_steps: int = Field(40, gt=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("trace_probes", "train_trace_probes")
+    @classmethod
+    def _not_one(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("a trace estimate with a standard error needs 0 (off) or >= 2 probes")
+        return v
+
+
 # ------------------------------------------------------------------------------------- orchestration
 class OrchestrationConfig(_Frozen):
     task_runner: Literal["thread", "process", "dask"] = "thread"
@@ -135,6 +265,9 @@ class TrackingConfig(_Frozen):
 class Config(_Frozen):
     study: StudyConfig = StudyConfig()
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    sweep: SweepConfig = SweepConfig()
+    probe: ProbeConfig = ProbeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     tracking: TrackingConfig = TrackingConfig()
 

@@ -70,14 +70,16 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
     Call once in the parent process before fanning out: concurrent first migrations of a fresh sqlite
     store fail (STACK.md)."""
     with _setup_lock:
-        uses_default = not os.environ.get("MLFLOW_TRACKING_URI")
+        uri = tracking_uri(root)
         c = client(root)
         exp = c.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
+        # A local sqlite store keeps its artifacts beside it (``<db dir>/artifacts/<experiment>``), never in
+        # a ``./mlruns`` of whatever directory a command happened to start in; a server decides for itself.
         location = None
-        if uses_default:
-            location = (artifact_root(root) / name).as_uri()
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
         return c.create_experiment(name, artifact_location=location)
 
 

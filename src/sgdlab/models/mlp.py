@@ -1,0 +1,125 @@
+"""Fully connected models: MLP, two-layer ReLU net (theory papers), diagonal linear network."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+def activation(name: str) -> nn.Module:
+    """``nn.Module`` for an activation name; unknown names raise listing the allowed ones."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"activation {name!r} is not supported; allowed: {sorted(_ACTIVATIONS)}"
+        ) from None
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron ``in -> widths[0] -> ... -> widths[-1] -> out``.
+
+    With ``flatten=True`` any input ``(N, *shape)`` is flattened to ``(N, prod(shape))`` first.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_outputs: int,
+        widths: Sequence[int] = (512, 512),
+        activation_name: str = "relu",
+        flatten: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+        prev = in_features
+        for w in widths:
+            layers += [nn.Linear(prev, w), activation(activation_name)]
+            prev = w
+        layers.append(nn.Linear(prev, num_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (N, num_outputs)
+        return self.net(x)
+
+
+class TwoLayerReLU(nn.Module):
+    """Two-layer ReLU network ``f(x) = scale * sum_j a_j relu(w_j . x + b_j)``.
+
+    The parametrisation of the mean-field / NTK theory papers: ``scale = 1/sqrt(m)`` ("ntk") or
+    ``1/m`` ("mf"), first-layer weights ``w_j ~ N(0, init_scale^2 / d)``, second layer
+    ``a_j = ±1`` (uniform signs). ``fixed_second_layer=True`` makes ``a`` a buffer (only the first
+    layer trains). ``symmetric_init=True`` duplicates the first half of the neurons with opposite
+    ``a`` so that ``f = 0`` at initialisation (the antisymmetric trick of Chizat, Oyallon & Bach
+    2019, "On Lazy Training in Differentiable Programming"); it needs an even width.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_outputs: int,
+        width: int = 256,
+        fixed_second_layer: bool = False,
+        symmetric_init: bool = False,
+        bias: bool = True,
+        scale: str = "ntk",
+        init_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if width < 1 or (symmetric_init and width % 2):
+            raise ValueError(
+                f"width={width} must be >= 1{' and even with symmetric_init=True' * symmetric_init}"
+            )
+        if scale not in ("ntk", "mf"):
+            raise ValueError(f"scale={scale!r} is not supported; allowed: ['mf', 'ntk']")
+        self.flatten = nn.Flatten()
+        self.out_scale = 1.0 / math.sqrt(width) if scale == "ntk" else 1.0 / width
+        half = width // 2 if symmetric_init else width
+        w = torch.randn(half, in_features) * (init_scale / math.sqrt(in_features))
+        b = torch.zeros(half) if bias else None
+        a = torch.randint(0, 2, (num_outputs, half)).float() * 2 - 1  # (out, half) of ±1
+        if symmetric_init:
+            w, a = torch.cat([w, w]), torch.cat([a, -a], dim=1)
+            b = torch.cat([b, b]) if b is not None else None
+        self.w = nn.Parameter(w)  # (m, d)
+        self.b = nn.Parameter(b) if b is not None else None
+        if fixed_second_layer:
+            self.register_buffer("a", a)
+        else:
+            self.a = nn.Parameter(a)  # (out, m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.flatten(x) @ self.w.T  # (N, m)
+        if self.b is not None:
+            h = h + self.b
+        return self.out_scale * torch.relu(h) @ self.a.T  # (N, out)
+
+
+class DiagonalLinear(nn.Module):
+    """Diagonal linear network ``f(x) = <u*u - v*v, x>``; ``u = v = alpha`` at init, so ``w = 0``.
+
+    The model of Woodworth et al. 2020, "Kernel and Rich Regimes in Overparametrized Models": small
+    ``alpha`` gives the rich (sparse, l1-like) regime, large ``alpha`` the kernel (l2) regime. With
+    ``num_outputs > 1`` each output has its own ``(u, v)`` row.
+    """
+
+    def __init__(self, in_features: int, num_outputs: int = 1, alpha: float = 0.1) -> None:
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"alpha={alpha!r} must be > 0")
+        self.flatten = nn.Flatten()
+        self.u = nn.Parameter(torch.full((num_outputs, in_features), float(alpha)))  # (out, d)
+        self.v = nn.Parameter(torch.full((num_outputs, in_features), float(alpha)))  # (out, d)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Effective linear weight ``u*u - v*v``, shape (out, d)."""
+        return self.u * self.u - self.v * self.v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten(x) @ self.weight.T  # (N, out)

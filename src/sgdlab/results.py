@@ -1,0 +1,106 @@
+"""The sweep's results table, ``runs.parquet``: one row per run key, written atomically.
+
+Columns are plain scalars (nested specs as JSON strings) so the table opens in pandas, DuckDB or
+Spark as is. Later phases add columns to existing rows by run key (:func:`merge_columns`), e.g. the
+Hessian probe's ``hessian/lambda_max``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, sort_keys=True, default=str)
+    return v
+
+
+def write_table(rows: Iterable[dict[str, Any]], path: Path | str) -> Path:
+    """Write rows (dicts; union of keys becomes the columns) to Parquet atomically."""
+    rows = [{k: _scalar(v) for k, v in r.items()} for r in rows]
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    table = pa.Table.from_pylist([{c: r.get(c) for c in cols} for r in rows]) if rows else pa.table({})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_table(path: Path | str) -> list[dict[str, Any]]:
+    """Rows of a table written by :func:`write_table`; a missing file names itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results table; run the sweep first (`sgdlab sweep`)")
+    return pq.read_table(path).to_pylist()
+
+
+def merge_columns(path: Path | str, updates: dict[str, dict[str, Any]], key: str = "run_key") -> Path:
+    """Add or overwrite columns of existing rows, matched by ``key`` (rows not in ``updates`` keep theirs)."""
+    rows = read_table(path)
+    known = {r[key] for r in rows}
+    missing = set(updates) - known
+    if missing:
+        raise KeyError(f"{path}: no rows with {key} in {sorted(missing)[:5]}")
+    for r in rows:
+        r.update(updates.get(r[key], {}))
+    return write_table(rows, path)
+
+
+GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "variant")
+
+
+def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict[str, Any]]:
+    """Mean +- std (over seeds) of ``metric`` per (model, optimizer, lr, batch size, variant)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in GROUP_KEYS), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        vals = [r[metric] for r in rs if r.get("status") == "finished" and r.get(metric) is not None]
+        out.append({
+            **dict(zip(GROUP_KEYS, key)),
+            "runs": len(rs),
+            "finished": sum(r.get("status") == "finished" for r in rs),
+            "diverged": sum(r.get("status") == "diverged" for r in rs),
+            "failed": sum(r.get("status") == "failed" for r in rs),
+            f"{metric} mean": statistics.fmean(vals) if vals else None,
+            f"{metric} std": statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None),
+        })
+    return out
+
+
+# Each phase owns its table (a DVC stage must not rewrite another stage's output, or DVC would see the
+# earlier stage as changed): runs.parquet (sweep), probe.parquet (Hessian probe), predictions.parquet
+# (generalization predictors). load_runs joins them by run key for analysis and reports.
+PHASE_TABLES = ("probe.parquet", "predictions.parquet")
+
+
+def load_runs(results_dir: Path | str) -> list[dict[str, Any]]:
+    """``runs.parquet`` with the columns of the later phases' tables (joined by ``run_key``) when present."""
+    results_dir = Path(results_dir)
+    rows = read_table(results_dir / "runs.parquet")
+    by_key = {r["run_key"]: r for r in rows}
+    for name in PHASE_TABLES:
+        p = results_dir / name
+        if p.is_file():
+            for extra in read_table(p):
+                if extra["run_key"] in by_key:
+                    by_key[extra["run_key"]].update({k: v for k, v in extra.items() if k != "run_key"})
+    return rows

@@ -1,0 +1,177 @@
+"""Sweeps as data: expand ``params.yaml``'s grid into run specs, each with a stable run key.
+
+A sweep is optimizers (each with one or more lrs) x batch sizes x seeds x models, plus, for every base
+run a scaling-rule or SVAG variant applies to, the transformed run (``sweep.variants``). Everything is
+validated here, before any training: unknown optimizer (with close names), hyper-parameters the
+optimizer does not take, lr <= 0, unknown model or model kwargs, a variant outside its rule's validity.
+
+The run key is a hash of the resolved run spec and the data hash: re-running a finished key is a cache
+hit, an interrupted one resumes from its checkpoint (``models/<study>/<run_key>/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sgdlab.config import Config, ModelConfig, VariantConfig
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as configured; the message names the params.yaml key."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one training run (its key is a hash of all of it)."""
+
+    dataset: str
+    data_hash: str
+    model: str
+    model_kwargs: dict[str, Any]
+    optimizer: str
+    hparams: dict[str, Any]  # resolved: every hyper-parameter with its value, lr included
+    batch_size: int
+    steps: int
+    seed: int
+    loop: dict[str, Any]  # LoopConfig fields other than steps/batch_size/seed/device/task
+    variant: str = "base"
+    base_key: str = ""  # for a variant, the key of the run it was derived from
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> float:
+        return float(self.hparams["lr"])
+
+    @property
+    def key(self) -> str:
+        return run_key(self)
+
+    @property
+    def label(self) -> str:
+        v = "" if self.variant == "base" else f" [{self.variant}]"
+        return f"{self.optimizer} lr={self.lr:g} B={self.batch_size} {self.model} seed={self.seed}{v}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(**d)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(x.items())}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return repr(x)
+    return x
+
+
+def run_key(spec: RunSpec) -> str:
+    """16 hex digits of sha256 over the canonical JSON of the spec (``base_key`` excluded)."""
+    d = spec.to_dict()
+    d.pop("base_key")
+    blob = json.dumps(_jsonable(d), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def loop_settings(cfg: Config) -> dict[str, Any]:
+    t = cfg.train
+    return {
+        "physical_batch_size": t.physical_batch_size,
+        "schedule": t.schedule.model_dump(),
+        "log_every": t.log_every,
+        "eval_every": t.eval_every,
+        "checkpoint_every": t.checkpoint_every,
+        "blowup_factor": t.blowup_factor,
+        "amp_bf16": t.amp_bf16,
+        "compile": t.compile,
+    }
+
+
+def _check_model(i: int, m: ModelConfig) -> None:
+    from sgdlab.models import list_models, model_kwargs
+
+    names = list_models()
+    if m.name not in names:
+        raise SweepError(f"params.yaml: sweep.models[{i}].name = {m.name!r}: unknown model; allowed: {', '.join(names)}")
+    allowed = model_kwargs(m.name)
+    for k in m.kwargs:
+        if k not in allowed:
+            raise SweepError(f"params.yaml: sweep.models[{i}].kwargs.{k}: model {m.name!r} takes no {k!r}; "
+                             f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
+    """Apply a scaling rule; None when the rule does not cover the optimizer (the base run stays)."""
+    from dataclasses import replace
+
+    from sgdlab.optim import scaling
+
+    rules = {"linear": (scaling.linear_scaling, scaling.LINEAR_OPTIMIZERS),
+             "sqrt": (scaling.sqrt_scaling, scaling.SQRT_OPTIMIZERS),
+             "svag": (scaling.svag, scaling.SVAG_SGD_OPTIMIZERS + scaling.SVAG_ADAM_OPTIMIZERS)}
+    fn, covered = rules[v.rule]
+    if spec.optimizer not in covered:
+        return None
+    factor = int(v.factor) if float(v.factor).is_integer() else v.factor
+    s = scaling.OptimSetting(spec.optimizer, spec.hparams, spec.batch_size, spec.steps)
+    try:
+        out = fn(s, factor)
+    except scaling.ScalingError as exc:
+        raise SweepError(f"params.yaml: sweep.variants ({v.rule} x{v.factor:g}) for {spec.label}: {exc}") from None
+    from sgdlab.optim import resolve_hparams
+
+    return replace(spec, optimizer=out.optimizer, hparams=resolve_hparams(out.optimizer, out.hparams),
+                   batch_size=out.batch_size, steps=out.steps, variant=f"{v.rule}x{v.factor:g}",
+                   base_key=spec.key)
+
+
+def expand(cfg: Config, data_hash: str, n_train: int | None = None) -> list[RunSpec]:
+    """The sweep's run specs, validated (see module docstring); ``n_train`` enables the batch-size check."""
+    from sgdlab.optim import OptimizerConfigError, resolve_hparams
+
+    sw = cfg.sweep
+    for i, m in enumerate(sw.models):
+        _check_model(i, m)
+    resolved: list[tuple[str, list[dict]]] = []
+    for i, opt in enumerate(sw.optimizers):
+        hps = []
+        for lr in opt.lrs:
+            try:
+                hps.append(resolve_hparams(opt.name, {**opt.hparams, "lr": lr}))
+            except (OptimizerConfigError, ValueError) as exc:
+                raise SweepError(f"params.yaml: sweep.optimizers[{i}] ({opt.name}): {exc}") from None
+        resolved.append((opt.name, hps))
+    loop = loop_settings(cfg)
+    specs: list[RunSpec] = []
+    for m in sw.models:
+        for name, hps in resolved:
+            for hp in hps:
+                for bs in sw.batch_sizes:
+                    if n_train is not None and bs > n_train:
+                        raise SweepError(f"params.yaml: sweep.batch_sizes: {bs} is larger than the {n_train} "
+                                         f"training examples of {cfg.train.dataset!r}")
+                    for seed in sw.seeds:
+                        specs.append(RunSpec(cfg.train.dataset, data_hash, m.name, dict(m.kwargs), name, hp,
+                                             bs, cfg.train.steps, seed, loop))
+    base = list(specs)
+    for v in sw.variants:
+        for spec in base:
+            new = _variant(spec, v)
+            if new is not None:
+                if n_train is not None and new.batch_size > n_train:
+                    raise SweepError(f"params.yaml: sweep.variants ({v.rule} x{v.factor:g}): batch size "
+                                     f"{new.batch_size} of {spec.label} exceeds the {n_train} training examples")
+                specs.append(new)
+    keys = [s.key for s in specs]
+    if len(set(keys)) != len(keys):  # duplicates in the grid (e.g. the same lr twice): keep one of each
+        seen: set[str] = set()
+        specs = [s for s in specs if not (s.key in seen or seen.add(s.key))]
+    return specs

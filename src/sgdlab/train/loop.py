@@ -1,0 +1,383 @@
+"""The training loop: on-device batching, one ``optimizer.step(closure)`` protocol, metrics,
+checkpoints, exact resume and divergence detection.
+
+Read top to bottom: input checks (everything that can be wrong is rejected before any parameter
+changes), setup (optimizer, sampler, resume), the update loop, the final evaluation.
+Hot path: per update, the minibatch is ``x[perm[pos:pos + B]]`` on the device, per-step loss and
+correctness tensors are only *appended to lists*; the host syncs once per ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgdlab.optim import build_optimizer
+
+from .batching import EpochSampler
+from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .checks import check_data, check_optimizer, probe_model, resolve_device
+from .config import DataTensors, LoopConfig, TrainResult
+from .divergence import find_divergence
+from .evaluate import evaluate, loss_fn
+from .progress import make_progress
+from .schedules import lr_factor
+
+MetricSink = Callable[[dict[str, float], int], None]
+StepHook = Callable[[int, nn.Module, torch.optim.Optimizer, float], "dict[str, float] | None"]
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    # independent streams for the batch sampler and the global RNG (same seed would correlate them)
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0])
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+
+
+def train(
+    model: nn.Module,
+    optimizer_name: str,
+    hparams: dict | None,
+    data: DataTensors,
+    cfg: LoopConfig,
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    metric_sink: MetricSink | None = None,
+    on_step: StepHook | None = None,
+    progress: bool | Callable[[int, int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` with the registered optimizer ``optimizer_name`` on ``data``.
+
+    The optimizer is stepped as ``optimizer.step(closure)``; ``closure(k)`` runs forward/backward on
+    the k-th of the ``batches_per_step`` minibatches drawn for this step (accumulating over
+    ``cfg.micro_batches`` physical micro-batches) and returns the detached mean loss.
+    ``metric_sink(metrics, step)`` receives ``train/loss``, ``train/acc`` (mean over the steps since
+    the last log point), ``lr`` every ``log_every`` steps, ``test/loss``, ``test/acc`` at eval
+    points, and at the end ``train_full/*`` (full training set, eval mode) with the final test
+    metrics. ``on_step(step, model, optimizer, lr)`` runs after every update (1-based step) inside a
+    forked global RNG; metrics it returns go to the sink at that step. With ``checkpoint_path``, a
+    checkpoint is written every ``checkpoint_every`` steps and at the end, and an existing one is
+    resumed from (``resume=True``) bit-exactly. Divergence stops the run with status "diverged".
+    Bad input raises ValueError/TypeError before any parameter changes. For schedule-free
+    optimizers (``spec.train_eval``) the model is returned holding the evaluation weights.
+    """
+    t_call = time.perf_counter()
+    if not isinstance(cfg, LoopConfig):
+        raise TypeError(f"cfg must be a LoopConfig, got {type(cfg).__name__}")
+    spec, resolved, bps = check_optimizer(optimizer_name, hparams, cfg.task)
+    check_data(data, cfg)
+    device = resolve_device(cfg.device)
+    use_cuda = device.type == "cuda"
+    for flag in ("amp_bf16", "compile"):
+        if getattr(cfg, flag) and not use_cuda:
+            warnings.warn(f"LoopConfig.{flag}=True is ignored on {device.type}", stacklevel=2)
+    xt, yt, xs, ys = (t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    if cfg.task == "classification":
+        yt, ys = yt.long(), ys.long()
+    data = DataTensors(xt, yt, xs, ys)
+    model.to(device)
+    probe_model(model, data, cfg)
+    ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if cfg.checkpoint_every and ckpt_path is None:
+        raise ValueError(
+            f"LoopConfig: checkpoint_every={cfg.checkpoint_every} needs checkpoint_path")
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path and resume and ckpt_path.exists() else None
+    cfg_dict = cfg.to_dict()
+    if ckpt is not None:
+        check_compatible(ckpt, cfg_dict, optimizer_name, resolved, ckpt_path)
+        if ckpt["step"] > cfg.steps:
+            raise ValueError(f"checkpoint {str(ckpt_path)!r} is at step {ckpt['step']}, beyond "
+                             f"LoopConfig steps={cfg.steps}")
+
+    # ---- setup: nothing above changed the model's parameters ----------------------------------
+    was_training = model.training
+    optimizer = build_optimizer(optimizer_name, model.named_parameters(), resolved)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    sampler = EpochSampler(xt.shape[0], cfg.batch_size, device, _derive_seed(cfg.seed, 0))
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp_bf16 and use_cuda else None
+    fwd = torch.compile(model) if cfg.compile and use_cuda else model
+    rng_devices = _rng_devices(device)
+    with torch.random.fork_rng(devices=rng_devices):  # the caller's global RNG is restored after
+        torch.default_generator.manual_seed(_derive_seed(cfg.seed, 1))
+        for i in rng_devices:
+            torch.cuda.default_generators[i].manual_seed(_derive_seed(cfg.seed, 1))
+        run = _Run(model, fwd, optimizer, spec, resolved, bps, sampler, data, cfg, amp, base_lrs,
+                   metric_sink, on_step, make_progress(progress, cfg.steps), device)
+        try:
+            if ckpt is not None:
+                run.restore(ckpt)
+            result = run.loop(ckpt_path, optimizer_name)
+        finally:
+            run.close()
+            if not spec.train_eval:
+                model.train(was_training)
+    return TrainResult(**result, wall_time_s=time.perf_counter() - t_call)
+
+
+class _Run:
+    """State of one training run; split out of :func:`train` to keep the loop readable."""
+
+    def __init__(self, model, fwd, optimizer, spec, hparams, bps, sampler, data, cfg, amp,
+                 base_lrs, sink, on_step, progress, device):
+        self.model, self.fwd, self.opt, self.spec = model, fwd, optimizer, spec
+        self.hparams = hparams
+        self.bps, self.sampler, self.data, self.cfg, self.amp = bps, sampler, data, cfg, amp
+        self.base_lrs, self.sink, self.on_step, self.progress = base_lrs, sink, on_step, progress
+        self.device = device
+        self.step = 0  # completed updates
+        self.resumed_from = 0
+        self.loss0: torch.Tensor | None = None  # loss of step 1 (divergence reference), on device
+        self.win_loss: list[torch.Tensor] = []  # per-step mean losses since the last log point
+        # train accuracy without per-step kernels: keep the (detached) logits and clean labels of
+        # each minibatch and compare them once per log window
+        self.win_logits: list[torch.Tensor] = []  # (B, C) each
+        self.win_labels: list[torch.Tensor] = []  # (B,) each
+        self.win_hits: list[torch.Tensor] = []  # (n,) bool "argmax == label" restored from a ckpt
+        self.win_start = 1  # step number of win_loss[0]
+        self.perturb = getattr(optimizer, "perturb_targets", None)
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.recorded: list[torch.Tensor | None] = [None] * bps
+        self.train_mode = False  # schedule-free optimizers: is opt in train mode
+        self.closure = self._make_closure()
+
+    # ---- the closure of the step protocol --------------------------------------------------------
+    def _make_closure(self):
+        task, micro, opt = self.cfg.task, self.cfg.micro_batches, self.opt
+        create_graph, fwd, amp = self.spec.create_graph, self.fwd, self.amp
+        classify = task == "classification"
+        run = self
+
+        def forward_loss(x, y):
+            with amp:
+                out = fwd(x)
+                return out, loss_fn(task, out, y)
+
+        if amp is None and classify:  # the common case, without wrapper calls in the hot path
+            def forward_loss(x, y):  # noqa: F811
+                out = fwd(x)
+                return out, F.cross_entropy(out, y)
+        elif amp is None:
+            def forward_loss(x, y):  # noqa: F811
+                out = fwd(x)
+                return out, loss_fn(task, out, y)
+
+        def closure(k: int = 0) -> torch.Tensor:
+            x, y, y_clean = run.batches[k]
+            opt.zero_grad(set_to_none=True)
+            first = run.recorded[k] is None  # SAM-type methods call closure(k) again: record once
+            if micro == 1:
+                out, loss = forward_loss(x, y)
+                loss.backward(create_graph=create_graph)
+                loss = loss.detach()
+                if first and classify:
+                    run.win_logits.append(out.detach())
+                    run.win_labels.append(y_clean)
+            else:
+                # sum of micro-batch mean losses / micro == mean loss over the batch
+                loss = None
+                for xm, ym, cm in zip(x.chunk(micro), y.chunk(micro), y_clean.chunk(micro)):
+                    out, lm = forward_loss(xm, ym)
+                    (lm / micro).backward(create_graph=create_graph)
+                    lm = lm.detach()
+                    loss = lm if loss is None else loss + lm
+                    if first and classify:
+                        run.win_logits.append(out.detach())
+                        run.win_labels.append(cm)
+                loss = loss / micro
+            if first:
+                run.recorded[k] = loss
+            return loss
+
+        return closure
+
+    # ---- one update ----------------------------------------------------------------------------
+    def _draw(self) -> None:
+        xt, yt, next_indices = self.data.x_train, self.data.y_train, self.sampler.next_indices
+        if self.perturb is None and self.bps == 1:  # fast path
+            idx = next_indices()  # (B,)
+            y = yt[idx]
+            self.batches = [(xt[idx], y, y)]
+            return
+        batches = []
+        for _ in range(self.bps):
+            idx = next_indices()  # (B,)
+            y = yt[idx]
+            # label-noise SGD: fresh noise per drawn minibatch; accuracy is against clean labels
+            y_used = y if self.perturb is None else self.perturb(y, self.sampler.generator)
+            batches.append((xt[idx], y_used, y))
+        self.batches = batches
+
+    def _set_lr(self, step: int) -> float:
+        f = lr_factor(self.cfg.schedule, step, self.cfg.steps)
+        for g, base in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = base * f
+        return self.base_lrs[0] * f
+
+    def loop(self, ckpt_path: Path | None, optimizer_name: str) -> dict[str, Any]:
+        cfg, opt, model = self.cfg, self.opt, self.model
+        constant_lr = cfg.schedule.kind == "constant"
+        lr = self._set_lr(self.step)
+        if self.spec.train_eval:
+            opt.train()
+        self.train_mode = True
+        model.train()
+        status, reason = "finished", None
+        start_step, t0 = self.step, time.perf_counter()
+        bps = self.bps
+        while self.step < cfg.steps:
+            if not constant_lr:
+                lr = self._set_lr(self.step)
+            self._draw()
+            self.recorded = [None] * bps
+            ret = opt.step(self.closure)
+            rec = self.recorded
+            if bps == 1 and rec[0] is not None:
+                loss = rec[0]
+            elif all(r is not None for r in rec):
+                loss = torch.stack(rec).mean()
+            else:  # the optimizer skipped a closure(k): fall back on the loss it returned
+                loss = torch.as_tensor(ret).detach().reshape(())
+            if self.loss0 is None:
+                self.loss0 = loss
+            self.win_loss.append(loss)
+            self.step += 1
+            step = self.step
+            metrics: dict[str, float] = {}
+            if self.on_step is not None:
+                with torch.random.fork_rng(devices=_rng_devices(self.device)):
+                    extra = self.on_step(step, model, opt, lr)
+                if not model.training:
+                    model.train()
+                if extra:
+                    metrics.update(extra)
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                logged, reason = self._flush(lr)
+                metrics.update(logged)
+                if reason is not None:
+                    status = "diverged"
+            if cfg.eval_every and step % cfg.eval_every == 0 and not (last and cfg.final_eval):
+                metrics.update(self._evaluate("test"))
+            if metrics and self.sink is not None:
+                self.sink(metrics, step)
+            if status == "diverged":
+                break
+            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
+                    and not last:
+                self.save(ckpt_path, optimizer_name)
+        train_time = time.perf_counter() - t0
+        opt.zero_grad(set_to_none=True)  # leave no .grad behind
+        if self.spec.train_eval:
+            opt.eval()  # schedule-free: the model now holds the evaluation weights, kept on return
+        self.train_mode = False
+        if status == "finished" and ckpt_path is not None:
+            self.save(ckpt_path, optimizer_name)
+        final: dict[str, float] = {}
+        if cfg.final_eval:
+            full = self._evaluate("train")
+            final = {k.replace("train_full/", "train/"): v for k, v in full.items()}
+            final.update(self._evaluate("test"))
+            if self.sink is not None:
+                self.sink({**full, **{k: v for k, v in final.items() if k.startswith("test/")}},
+                          self.step)
+        samples = (self.step - start_step) * bps * cfg.batch_size
+        return {"status": status, "reason": reason, "steps_done": self.step, "metrics": final,
+                    "samples_per_s": samples / train_time if train_time > 0 else 0.0,
+                    "resumed_from": self.resumed_from}
+
+    # ---- metrics -------------------------------------------------------------------------------
+    def _flush(self, lr: float) -> tuple[dict[str, float], str | None]:
+        """One host sync: window losses (and accuracy) -> metrics; divergence check."""
+        if not self.win_loss:
+            return {}, None
+        parts = [torch.stack(self.win_loss).float(), self.loss0.reshape(1).float()]
+        hits = self._hits()
+        if hits is not None:
+            c = hits
+            parts.append(torch.stack([c.sum(), torch.tensor(c.numel(), device=c.device)]).float())
+        vals = torch.cat(parts).tolist()
+        n = len(self.win_loss)
+        losses, loss0 = vals[:n], vals[n]
+        reason = find_divergence(losses, self.win_start, loss0, self.cfg.blowup_factor)
+        metrics = {"train/loss": sum(losses) / n, "lr": lr}
+        if hits is not None:
+            metrics["train/acc"] = vals[n + 1] / vals[n + 2]
+        self.win_loss, self.win_logits, self.win_labels, self.win_hits = [], [], [], []
+        self.win_start = self.step + 1
+        if self.progress is not None:
+            self.progress(self.step, self.cfg.steps, metrics)
+        return metrics, reason
+
+    def _hits(self) -> torch.Tensor | None:
+        """(n,) bool "argmax == label" over the minibatches of the current window, or None."""
+        hits = list(self.win_hits)
+        if self.win_logits:
+            hits.append(torch.cat(self.win_logits).argmax(1) == torch.cat(self.win_labels))
+        return torch.cat(hits) if hits else None
+
+    def _evaluate(self, split: str) -> dict[str, float]:
+        x = getattr(self.data, f"x_{split}")
+        y = getattr(self.data, f"y_{split}")
+        swap = self.spec.train_eval and self.train_mode
+        if swap:
+            self.opt.eval()
+        try:
+            m = evaluate(self.fwd, x, y, self.cfg.task, self.cfg.eval_batch_size, self.amp)
+        finally:
+            if swap:
+                self.opt.train()
+        prefix = "train_full" if split == "train" else "test"
+        return {f"{prefix}/{k}": v for k, v in m.items()}
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: Path, optimizer_name: str) -> None:
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        save_checkpoint(path, {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "optimizer_name": optimizer_name,
+            "hparams": dict(self.hparams),
+            "config": self.cfg.to_dict(),
+            "sampler": self.sampler.state_dict(),
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": cuda_rng,
+            "loss0": None if self.loss0 is None else self.loss0.detach().cpu(),
+            "win_loss": [t.cpu() for t in self.win_loss],
+            "win_hits": [] if (h := self._hits()) is None else [h.cpu()],
+            "win_start": self.win_start,
+            "optimizer_mode": "train" if self.train_mode or not self.spec.train_eval else "eval",
+        })
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        dev = self.device
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        torch.set_rng_state(ckpt["cpu_rng"])
+        if ckpt["cuda_rng"] is not None and dev.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)
+        self.step = self.resumed_from = int(ckpt["step"])
+        self.loss0 = None if ckpt["loss0"] is None else ckpt["loss0"].to(dev)
+        self.win_loss = [t.to(dev) for t in ckpt["win_loss"]]
+        self.win_hits = [t.to(dev) for t in ckpt["win_hits"]]
+        self.win_start = int(ckpt["win_start"])
+        if ckpt["optimizer_mode"] == "eval" and hasattr(self.opt, "train"):
+            self.opt.train()  # a final schedule-free checkpoint holds evaluation weights
+
+    def close(self) -> None:
+        if self.progress is not None and hasattr(self.progress, "close"):
+            self.progress.close()

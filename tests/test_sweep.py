@@ -1,0 +1,152 @@
+"""Sweeps: grid expansion and validation (no compute), then real Prefect + MLflow end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sgdlab import results, tracking
+from sgdlab.config import from_dict
+from sgdlab.sweep import SweepError, expand
+
+BASE = {
+    "study": {"name": "sweep-test"},
+    "data": {"datasets": ["xor"], "xor": {"n_train": 200, "n_test": 200}, "probe_size": 50},
+    "train": {"dataset": "xor", "steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 20},
+    "sweep": {
+        "optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "momentum", "lr": [0.05, 500.0]}, {"name": "adam", "lr": 0.003}],
+        "seeds": [0, 1], "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [16]}}],
+    },
+}
+
+
+def _cfg(tmp_path=None, **sections):
+    raw = json.loads(json.dumps(BASE))
+    for k, v in sections.items():
+        raw[k] = {**raw.get(k, {}), **v}
+    if tmp_path is not None:
+        raw["data"]["root"] = str(tmp_path / "data")
+    return from_dict(raw)
+
+
+def test_expand_grid_keys_and_variants():
+    cfg = _cfg(sweep={"variants": [{"rule": "linear", "factor": 2}, {"rule": "sqrt", "factor": 4}]})
+    specs = expand(cfg, "h" * 64, n_train=180)
+    base = [s for s in specs if s.variant == "base"]
+    assert len(base) == 4 * 2  # (sgd, momentum x2 lrs, adam) x 2 seeds
+    lin = [s for s in specs if s.variant == "linearx2"]
+    assert len(lin) == 3 * 2 and all(s.batch_size == 64 and s.steps == 20 for s in lin)  # sgd + momentum x2
+    sq = [s for s in specs if s.variant == "sqrtx4"]
+    assert len(sq) == 2 and sq[0].batch_size == 128 and sq[0].hparams["lr"] == pytest.approx(0.006)
+    assert sq[0].hparams["betas"] == pytest.approx((0.6, 0.996)) and sq[0].base_key in {s.key for s in base}
+    keys = [s.key for s in specs]
+    assert len(set(keys)) == len(keys)
+    assert [s.key for s in expand(cfg, "h" * 64, 180)] == keys  # stable
+    assert expand(cfg, "g" * 64, 180)[0].key != keys[0]  # the data hash is part of the key
+
+
+@pytest.mark.parametrize("sweep, match", [
+    ({"optimizers": [{"name": "adamm", "lr": 0.1}]}, r"sweep\.optimizers\[0\].*unknown optimizer 'adamm'.*Did you mean: adam"),
+    ({"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"betas": [0.9, 0.99]}}]}, r"sweep\.optimizers\[0\] \(sgd\).*betas"),
+    ({"models": [{"name": "transformer"}]}, r"sweep\.models\[0\]\.name = 'transformer': unknown model"),
+    ({"models": [{"name": "mlp", "kwargs": {"depth": 3}}]}, r"sweep\.models\[0\]\.kwargs\.depth"),
+    ({"batch_sizes": [500]}, r"sweep\.batch_sizes: 500 is larger than the 180 training examples"),
+    ({"optimizers": [{"name": "adam", "lr": 0.001}], "variants": [{"rule": "sqrt", "factor": 20}]}, r"sweep\.variants \(sqrt x20\).*kappa"),
+])
+def test_bad_sweeps_fail_before_training(sweep, match):
+    with pytest.raises(SweepError, match=match):
+        expand(_cfg(sweep=sweep), "h" * 64, n_train=180)
+
+
+@pytest.mark.parametrize("sweep, match", [
+    ({"optimizers": [{"name": "sgd", "lr": -0.1}]}, r"sweep\.optimizers\.0\.lr.*must be > 0"),
+    ({"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"lr": 0.2}}]}, r"put the learning rate in `lr`"),
+    ({"seeds": []}, r"sweep\.seeds.*at least one"),
+])
+def test_bad_sweep_config(sweep, match):
+    from sgdlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        _cfg(sweep=sweep)
+
+
+def _children(exp="sweep-test"):
+    return [r for r in tracking.find_runs(exp) if r.data.tags.get("phase") == "sweep" and "run_key" in r.data.tags]
+
+
+def test_sweep_end_to_end_divergence_and_rerun(prefect_harness, mlflow_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
+    from flows.sweep import run_sweep
+
+    cfg = _cfg(tmp_path)
+    out = run_sweep(cfg)
+    rows = out["rows"]
+    assert len(rows) == 8
+    by = {(r["optimizer"], r["lr"]): r for r in rows if r["seed"] == 0}
+    assert by[("momentum", 500.0)]["status"] == "diverged" and "step" in by[("momentum", 500.0)]["reason"]
+    assert all(r["status"] == "finished" for r in rows if r["lr"] != 500.0)
+    assert by[("adam", 0.003)]["test/acc"] > 0.5
+
+    table = results.read_table(out["runs_table"])
+    assert {r["run_key"] for r in table} == {r["run_key"] for r in rows}
+    children = _children()
+    assert len(children) == 8
+    parent_ids = {c.data.tags["mlflow.parentRunId"] for c in children}
+    assert len(parent_ids) == 1
+    diverged = [c for c in children if c.data.tags["status"] == "diverged"]
+    assert len(diverged) == 2 and all("diverged_reason" in c.data.tags for c in diverged)
+    finished = [c for c in children if c.data.tags["status"] == "finished"][0]
+    history = dict(tracking.iter_metric_history(finished.info.run_id, "test/acc"))
+    assert set(history) >= {20, 40}  # eval cadence as the MLflow step
+    for tag in tracking.LINEAGE_TAGS:
+        assert finished.data.tags[tag] not in ("", "none"), tag
+
+    again = run_sweep(cfg)  # every key is finished: nothing trains, no new MLflow child runs
+    assert all(r["cached"] for r in again["rows"])
+    assert len(_children()) == 8
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, mlflow_store, monkeypatch):
+    """A run killed mid-way resumes from its checkpoint and ends where a straight run ends."""
+    monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
+    from sgdlab.config import DataConfig
+    from sgdlab.data import prepare_dataset
+    from sgdlab.runner import execute_run
+
+    cfg = _cfg(tmp_path)
+    prep = prepare_dataset("xor", DataConfig(**BASE["data"]), tmp_path / "data")
+    spec = [s for s in expand(cfg, prep.data_hash, 180) if s.optimizer == "adam"][0]
+    exp = tracking.ensure_experiment("sweep-test")
+    parent = tracking.start_run(exp, "sweep", tracking.lineage_tags("sweep-test"))
+    ctx = {"experiment_id": exp, "parent_run_id": parent, "tags": tracking.lineage_tags("sweep-test"), "study": "sweep-test"}
+    data = {"name": "xor", "root": str(tmp_path / "data"), "val_fraction": 0.1, "probe_size": 50, "split_seed": 0}
+
+    class Interrupt(Exception):
+        pass
+
+    def killer(splits, spec):
+        def hook(step, model, opt, lr):
+            if step == 30:
+                raise Interrupt("simulated kill at step 30")
+        return hook
+
+    run_dir = tmp_path / "models" / spec.key
+    with pytest.raises(Interrupt):
+        execute_run(spec, run_dir, data, ctx, "cpu", on_step_factory=killer)
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "result.json").exists()
+    resumed = execute_run(spec, run_dir, data, ctx, "cpu")
+    assert resumed["resumed_from"] == 20 and resumed["status"] == "finished"
+    straight = execute_run(spec, tmp_path / "straight", data, ctx, "cpu")
+    assert resumed["test/loss"] == straight["test/loss"] and resumed["train/loss"] == straight["train/loss"]
+    assert resumed["mlflow_run_id"] == Path(run_dir / "mlflow_run_id").read_text()
+
+
+def test_sweep_on_a_dask_local_cluster(prefect_harness, mlflow_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
+    from flows.sweep import run_sweep
+
+    cfg = _cfg(tmp_path, orchestration={"task_runner": "dask", "max_workers": 2},
+               sweep={"optimizers": [{"name": "sgd", "lr": 0.1}], "seeds": [0, 1]})
+    out = run_sweep(cfg)
+    assert [r["status"] for r in out["rows"]] == ["finished", "finished"]
+    assert len(_children()) == 2

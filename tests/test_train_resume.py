@@ -1,0 +1,148 @@
+"""Checkpoints: bit-exact resume on CPU, weights_only loading, config mismatch errors."""
+
+import pytest
+import torch
+
+from sgdlab.models import build_model
+from sgdlab.optim import list_specs
+from sgdlab.train import DataTensors, LoopConfig, Schedule, load_checkpoint, train
+
+REGISTERED = {s.name for s in list_specs()}
+
+# optimizers whose resume must be exact; the own ones consume extra RNG / minibatches per step
+RESUME_CASES = [
+    ("sgd", {"lr": 0.1}),
+    ("momentum", {"lr": 0.05}),
+    ("adam", {"lr": 1e-3}),
+    ("sam", {"lr": 0.05}),
+    ("schedule_free_sgd", {"lr": 0.1}),
+    ("label_noise_sgd", {"lr": 0.05, "task": "regression", "sigma": 0.5}),
+    ("label_noise_sgd", {"lr": 0.05, "num_classes": 2, "p": 0.3}),
+    ("svag", {"lr": 0.05}),
+    ("local_sgd", {"lr": 0.05, "workers": 3, "local_steps": 2}),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Preempted(Exception):
+    pass
+
+
+def data(task="classification"):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long() if task == "classification" else x[:, :2].sum(1)
+    return DataTensors(x[:160], y[:160], x[160:], y[160:])
+
+
+def model(seed=0, out=2):
+    return build_model("mlp", (6,), out, widths=(16,), seed=seed)
+
+
+IDS = [f"{o}-{h.get('task', 'classification')}" for o, h in RESUME_CASES]
+
+
+@pytest.mark.parametrize(("opt", "hp"), RESUME_CASES, ids=IDS)
+def test_resume_is_bit_exact(tmp_path, opt, hp):
+    if opt not in REGISTERED:
+        pytest.skip(f"optimizer {opt!r} not registered yet")
+    task = hp.get("task", "classification")
+    out = 1 if task == "regression" else 2
+    d = data(task)
+    N = 6
+    # log_every does not divide N: the checkpoint carries a half-filled metrics window
+    cfg = LoopConfig(steps=2 * N, batch_size=16, log_every=4, checkpoint_every=N, task=task,
+                     schedule=Schedule("cosine", min_lr_ratio=0.1))
+    straight = model(out=out)
+    logs_a = []
+    res_a = train(straight, opt, hp, d, cfg, checkpoint_path=tmp_path / "straight.pt",
+                  metric_sink=lambda m, s: logs_a.append((s, m)))
+
+    path = tmp_path / "ckpt.pt"
+    run_preempted_model = build_model("mlp", (6,), out, widths=(16,), seed=0)
+
+    def hook(step, *_):
+        if step == N + 2:
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        train(run_preempted_model, opt, hp, d, cfg, checkpoint_path=path, on_step=hook)
+    assert load_checkpoint(path)["step"] == N
+
+    fresh = build_model("mlp", (6,), out, widths=(16,), seed=123)  # new objects, other init
+    logs_b = []
+    res_b = train(fresh, opt, hp, d, cfg, checkpoint_path=path,
+                  metric_sink=lambda m, s: logs_b.append((s, m)))
+    assert res_b.resumed_from == N and res_b.steps_done == 2 * N
+    for (na, a), (nb, b) in zip(straight.state_dict().items(), fresh.state_dict().items()):
+        assert na == nb and torch.equal(a, b), na
+    assert res_a.metrics == res_b.metrics
+    assert [x for x in logs_a if x[0] > N] == logs_b  # metrics after the resume point identical
+
+
+def test_checkpoint_loads_weights_only_and_holds_config(tmp_path):
+    path = tmp_path / "c.pt"
+    cfg = LoopConfig(steps=4, batch_size=16, checkpoint_every=2)
+    train(model(), "adam", {"lr": 1e-3}, data(), cfg, checkpoint_path=path)
+    ck = torch.load(path, weights_only=True)
+    assert ck["step"] == 4 and ck["config"] == cfg.to_dict()
+    assert ck["optimizer_name"] == "adam" and ck["hparams"]["lr"] == 1e-3
+    assert ck["sampler"]["generator"].dtype == torch.uint8
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp files left
+
+
+def test_finished_checkpoint_is_a_no_op_and_extends(tmp_path):
+    path = tmp_path / "c.pt"
+    d = data()
+    cfg = LoopConfig(steps=5, batch_size=16)
+    m1 = model()
+    train(m1, "sgd", {"lr": 0.1}, d, cfg, checkpoint_path=path)
+    m2 = model(seed=9)
+    res = train(m2, "sgd", {"lr": 0.1}, d, cfg, checkpoint_path=path)
+    assert res.resumed_from == 5 and res.steps_done == 5
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    # extending the run: 5 + 5 steps == 10 straight steps (constant lr)
+    m3 = model(seed=9)
+    train(m3, "sgd", {"lr": 0.1}, d, LoopConfig(steps=10, batch_size=16), checkpoint_path=path)
+    m4 = model()
+    train(m4, "sgd", {"lr": 0.1}, d, LoopConfig(steps=10, batch_size=16))
+    assert all(torch.equal(a, b) for a, b in zip(m3.parameters(), m4.parameters()))
+
+
+def test_mismatched_checkpoint_names_the_keys(tmp_path):
+    path = tmp_path / "c.pt"
+    d = data()
+    train(model(), "sgd", {"lr": 0.1}, d, LoopConfig(steps=2, batch_size=16), checkpoint_path=path)
+    m = model()
+    before = [p.clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match=r"batch_size: checkpoint 16, now 8.*hparams|hparams.lr"):
+        train(m, "sgd", {"lr": 0.2}, d, LoopConfig(steps=4, batch_size=8), checkpoint_path=path)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    # resume=False starts afresh and overwrites
+    res = train(m, "sgd", {"lr": 0.2}, d, LoopConfig(steps=3, batch_size=8),
+                checkpoint_path=path, resume=False)
+    assert res.resumed_from == 0 and load_checkpoint(path)["step"] == 3
+
+
+def test_checkpoint_beyond_steps(tmp_path):
+    path = tmp_path / "c.pt"
+    train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=4, batch_size=16),
+          checkpoint_path=path)
+    with pytest.raises(ValueError, match="at step 4, beyond LoopConfig steps=3"):
+        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=3, batch_size=16),
+              checkpoint_path=path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"hello": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not an sgdlab training checkpoint"):
+        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=2, batch_size=16),
+              checkpoint_path=path)
