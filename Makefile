@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian
+.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,7 +22,16 @@ test-slow: setup ## the slow tests (minutes)
 lint: setup ## ruff
 	$(PY) -m ruff check src tasks flows tests bench
 
-bench: bench-data ## all benchmarks (figures as ratios to a baseline measured in the same run)
+bench: bench-data bench-train bench-hessian ## all benchmarks (figures as ratios to a baseline measured in the same run)
 
 bench-data: setup ## data path: IDX->Parquet, Parquet->tensors, cold CLI start, first-flow overhead
 	$(PY) bench/bench_data.py --out bench/results/data.json
+
+bench-train: setup ## training loop vs a plain PyTorch loop (samples/s ratio), MLP and CNN, batch 128
+	$(PY) bench/bench_train.py --models mlp,cnn --steps 150 --repeats 5 --threads 1 --out bench/results/train.json
+
+bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHessian (pip install pyhessian)
+	$(PY) bench/bench_hessian.py --out bench/results/hessian.json
+
+serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
+	sgdlab serve

@@ -1,6 +1,5 @@
 """Helpers shared by flows: config loading, code hashes for cache keys, MLflow parent runs."""
 
-from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
@@ -42,13 +41,29 @@ def combined_hash(hashes: list[str]) -> str:
     return hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()
 
 
+# The MLflow run of the enclosing pipeline flow run, if any: phase runs nest under it. A plain dict, not a
+# ContextVar: Prefect's runner cloudpickles served flows by value, and ContextVars cannot be pickled.
+_PIPELINE: dict[str, str | None] = {"run_id": None}
+
+
+@contextmanager
+def pipeline_run(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the parent of the phase runs started inside."""
+    previous, _PIPELINE["run_id"] = _PIPELINE["run_id"], run_id
+    try:
+        yield
+    finally:
+        _PIPELINE["run_id"] = previous
+
+
 @contextmanager
 def parent_run(cfg: Config, name: str, phase: str, data_hash: str = "", params: dict | None = None) -> Iterator[tuple[str, str, dict]]:
-    """An MLflow parent run for one flow run: yields (experiment_id, run_id, lineage tags); marks it
-    FAILED if the flow raises, and links the Prefect flow run to it with a link artifact."""
+    """An MLflow run for one flow run: yields (experiment_id, run_id, lineage tags); marks it FAILED if the
+    flow raises, and links the Prefect flow run to it with a link artifact. Inside a pipeline run it is a
+    child of the pipeline's run; run alone, it is a top-level run of the study's experiment."""
     exp_id = tracking.ensure_experiment(cfg.experiment_name)
     tags = tracking.lineage_tags(cfg.study.name, data_hash, current_flow_run_id(), phase=phase)
-    run_id = tracking.start_run(exp_id, name, tags, params=params)
+    run_id = tracking.start_run(exp_id, name, tags, params=params, parent_run_id=_PIPELINE["run_id"])
     _link_artifact(exp_id, run_id, phase)
     try:
         yield exp_id, run_id, tags

@@ -1,6 +1,5 @@
 """Prepare flow: every configured dataset -> ``data/processed/<name>/{train,test}.parquet``."""
 
-from __future__ import annotations
 
 from sgdlab.paths import apply_prefect_env, project_root
 

@@ -6,7 +6,6 @@ densities (when ``probe.density_probes`` > 0) go to ``results/<study>/densities.
 table is left alone: it is the sweep stage's DVC output.
 """
 
-from __future__ import annotations
 
 from sgdlab.paths import apply_prefect_env, project_root
 

@@ -6,7 +6,6 @@ cannot interrupt blocking code). Dask: ``dask_address`` points at an existing sc
 LocalCluster of ``max_workers`` single-threaded worker processes is started for the flow.
 """
 
-from __future__ import annotations
 
 from sgdlab.config import OrchestrationConfig
 

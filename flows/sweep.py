@@ -5,7 +5,6 @@ error; a run that raises is recorded as ``failed`` and the others go on; the flo
 any run failed, after the table is written.
 """
 
-from __future__ import annotations
 
 from sgdlab.paths import apply_prefect_env, project_root
 

@@ -1,6 +1,5 @@
 """Prefect task: prepare one dataset (build from source, write Parquet) and record it in MLflow."""
 
-from __future__ import annotations
 
 from sgdlab.paths import apply_prefect_env
 

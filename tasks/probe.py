@@ -1,6 +1,5 @@
 """Prefect task: probe one finished run's final checkpoint and record it in its MLflow child run."""
 
-from __future__ import annotations
 
 from sgdlab.paths import apply_prefect_env
 

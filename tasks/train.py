@@ -5,7 +5,6 @@ No Prefect result cache here on purpose: the run directory is the cache (``resul
 Prefect cache entry would not notice.
 """
 
-from __future__ import annotations
 
 from sgdlab.paths import apply_prefect_env
 

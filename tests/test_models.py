@@ -130,7 +130,7 @@ def test_bad_values_name_the_key():
         build_model("resnet", (3, 8, 8), 10, norm="layer")
     with pytest.raises(ModelConfigError, match="depth=9"):
         build_model("resnet", (3, 8, 8), 10, depth=9)
-    with pytest.raises(ValueError, match="activation 'swish'"):
+    with pytest.raises(ModelConfigError, match="model 'mlp': activation 'swish'.*'gelu'"):
         build_model("mlp", (4,), 2, activation="swish")
     with pytest.raises(ModelConfigError, match="num_outputs=0"):
         build_model("mlp", (4,), 0)

@@ -300,3 +300,21 @@ def test_cuda_amp_compile_smoke():
                 LoopConfig(steps=50, batch_size=32, amp_bf16=True, compile=True, device="cuda"))
     assert res.status == "finished" and res.metrics["train/acc"] > 0.8
     assert next(model.parameters()).is_cuda
+
+
+# hparams some registered optimizers need beyond their defaults
+REQUIRED_HPARAMS = {"label_noise_sgd": {"num_classes": 2}}
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_every_registered_optimizer_runs_through_the_loop():
+    from sgdlab.optim import list_specs
+
+    data = separable(n=128)
+    for spec in list_specs():
+        model = mlp()
+        res = train(model, spec.name, REQUIRED_HPARAMS.get(spec.name, {}), data,
+                    LoopConfig(steps=3, batch_size=16, physical_batch_size=8, log_every=1))
+        assert res.status == "finished", (spec.name, res.reason)
+        assert math.isfinite(res.metrics["train/loss"]), spec.name
+        assert all(p.grad is None for p in model.parameters()), spec.name

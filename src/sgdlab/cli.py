@@ -153,24 +153,74 @@ def optimizers(name: Optional[str] = typer.Argument(None, help="show one optimiz
 
 
 @app.command()
-def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
-    """Run the study pipeline on the embedded defaults (no server needed): prepare the data, then train the
-    sweep. (Hessian probing, GAN prediction and the report join as those phases land.)"""
-    cfg = _config(params, set_)
-    from flows.prepare import run_prepare
-    from flows.sweep import run_sweep
+def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+        profile: Optional[str] = typer.Option(None, help="a profile of params.yaml (quick, full, ...)"),
+        phase: Optional[list[str]] = typer.Option(None, "--phase", help="run only these phases (repeatable)")) -> None:
+    """Run the study pipeline on the embedded defaults (no server needed): prepare -> sweep (with in-training
+    Hessian probes) -> probe checkpoints -> report. One Prefect flow run, one MLflow parent run."""
+    from sgdlab.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(params, set_ or [], profile)
+    except ConfigError as exc:
+        typer.secho(f"config error:\n{exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    from flows.pipeline import PHASES, run_pipeline
     from sgdlab import tracking
     from sgdlab.data import DataFileError, SourceError
 
-    typer.echo(f"sgdlab run: study {cfg.study.name!r}; phases: prepare, sweep")
+    phases = list(phase) if phase else list(PHASES)
+    typer.echo(f"sgdlab run: study {cfg.study.name!r} (profile {cfg.profile}); phases: {', '.join(phases)}")
     try:
-        prepared = run_prepare(cfg)
-        out = run_sweep(cfg)
-    except (SourceError, DataFileError, ValueError) as exc:
+        out = run_pipeline(cfg, phases)
+    except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
-    _print_summary(out)
-    typer.echo(f"done: {len(prepared)} datasets prepared; {out['n_runs']} runs in {out['runs_table']}")
-    typer.echo(f"MLflow store: {tracking.tracking_uri()}  (browse it with `sgdlab ui`)")
+    if "sweep" in out["phases"]:
+        _print_summary(out["phases"]["sweep"])
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in out["timings_s"].items())
+    typer.echo(f"done in {sum(out['timings_s'].values()):.0f} s ({timings})")
+    if "report" in out["phases"]:
+        typer.echo(f"report: {out['phases']['report']['html']}")
+    typer.echo(f"MLflow: {tracking.tracking_uri()}  ->  open the UI with `.venv/bin/sgdlab ui` "
+               f"(http://127.0.0.1:5000), experiment {cfg.experiment_name!r}")
+
+
+@app.command()
+def report(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Build the study report (PNG figures + one self-contained HTML page) from the phase tables and MLflow."""
+    cfg = _config(params, set_)
+    from flows.report import run_report
+
+    try:
+        out = run_report(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"report: {out['html']}")
+
+
+@app.command()
+def serve(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
+          profile: Optional[str] = typer.Option(None, help="params.yaml profile for the scheduled runs")) -> None:
+    """Run the study on a schedule: start a Prefect server on 127.0.0.1 (serve.port) and serve the study as a
+    deployment with serve.cron (or serve.interval_seconds). Scheduled runs land in the same MLflow experiment.
+    Ctrl-C stops both cleanly. The Prefect UI is not started (the API is at http://HOST:PORT/api)."""
+    cfg = _config(params, set_)
+    from flows.serve import start_serve_process, start_server, stop
+
+    sv = cfg.serve
+    server = worker = None
+    try:
+        server, url = start_server(sv.host, sv.port)
+        typer.echo(f"Prefect server: {url}")
+        worker = start_serve_process(url, sv.name, sv.cron, sv.interval_seconds, str(params) if params else None,
+                                     list(set_ or []), profile)
+        when = f"cron {sv.cron!r}" if sv.cron else f"every {sv.interval_seconds} s"
+        typer.echo(f"serving deployment 'study/{sv.name}' ({when}); Ctrl-C to stop")
+        worker.wait()
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
+    finally:
+        stop(worker, server)
 
 
 @app.command()

@@ -262,7 +262,25 @@ class TrackingConfig(_Frozen):
     log_every_eval: bool = True
 
 
+class ServeConfig(_Frozen):
+    """Scheduled runs of the study (``sgdlab serve``): a Prefect deployment on a real local server."""
+
+    name: str = "nightly"
+    cron: str | None = "0 2 * * *"  # every night at 02:00 (server time)
+    interval_seconds: int | None = Field(None, gt=0)  # instead of cron (tests use a few seconds)
+    host: str = "127.0.0.1"
+    port: int = Field(4200, gt=0, lt=65536)
+
+    @model_validator(mode="after")
+    def _one(self) -> ServeConfig:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of cron and interval_seconds")
+        return self
+
+
 class Config(_Frozen):
+    profile: str | None = None  # the profile applied (see ``profiles``)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> section overrides
     study: StudyConfig = StudyConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -270,6 +288,7 @@ class Config(_Frozen):
     probe: ProbeConfig = ProbeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def experiment_name(self) -> str:
@@ -346,12 +365,43 @@ def load_raw(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load ``params.yaml`` (default: the project's) and apply ``--set`` overrides."""
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def apply_profile(raw: dict[str, Any], name: str | None, source: str = "params.yaml") -> dict[str, Any]:
+    """Merge ``profiles[name]`` over the base sections (``name`` None: the file's ``profile`` key, if any)."""
+    name = name if name is not None else raw.get("profile")
+    if name is None:
+        return raw
+    profiles = raw.get("profiles") or {}
+    if name not in profiles:
+        raise ConfigError(f"{source}: profile = {name!r}: no such profile; available: "
+                          f"{', '.join(sorted(profiles)) or '(none defined under profiles:)'}")
+    over = profiles[name] or {}
+    if not isinstance(over, dict):
+        raise ConfigError(f"{source}: profiles.{name} must be a mapping of section overrides")
+    return {**_deep_merge(raw, over), "profile": name}
+
+
+def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                profile: str | None = None) -> Config:
+    """Load ``params.yaml`` (default: the project's), merge the selected profile, then apply ``--set``
+    overrides (so an override beats the profile, which beats the base sections)."""
     from sgdlab.paths import default_params_path
 
     path = Path(path) if path else default_params_path()
-    raw = apply_overrides(load_raw(path), overrides)
+    raw = load_raw(path)
+    chosen = profile
+    for item in overrides:  # --set profile=full selects a profile too
+        key, value = parse_override(item)
+        if key == "profile":
+            chosen = value
+    raw = apply_profile(raw, chosen, path.name)
+    raw = apply_overrides(raw, [o for o in overrides if parse_override(o)[0] != "profile"])
     return from_dict(raw, source=path.name)
 
 

@@ -56,7 +56,10 @@ def _build_mlp(shape, out, *, widths: Sequence[int] = (512, 512), activation: st
         raise _shape_error("mlp", "(D,) (or flatten=True)", shape)
     if any(int(w) < 1 for w in widths):
         raise ModelConfigError(f"model 'mlp': widths={tuple(widths)} must all be >= 1")
-    return MLP(math.prod(shape), out, tuple(int(w) for w in widths), activation, flatten)
+    try:
+        return MLP(math.prod(shape), out, tuple(int(w) for w in widths), activation, flatten)
+    except ValueError as e:
+        raise ModelConfigError(f"model 'mlp': {e}") from None
 
 
 def _build_cnn(shape, out, *, width: float = 1.0) -> nn.Module:
