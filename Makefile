@@ -13,8 +13,8 @@ setup: ## create .venv and install sgdlab (idempotent; CPU torch 2.13.0 unless a
 run: setup ## set up, then run the default study end to end on the embedded defaults
 	sgdlab run
 
-test: setup ## set up, then run the default test suite (no slow/GPU/browser tests)
-	$(PY) -m pytest -m "not slow and not gpu and not browser" -q
+test: setup ## set up, then run the default test suite (no slow/GPU tests; the browser test needs chromium)
+	$(PY) -m pytest -m "not slow and not gpu" -q
 
 test-slow: setup ## the slow tests (minutes)
 	$(PY) -m pytest -m "slow" -q

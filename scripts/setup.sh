@@ -12,6 +12,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -
         || echo "setup: could not install dataset-fashion-mnist; Fashion-MNIST will be unavailable"
 fi
 
+# Headless Chromium for the MLflow-UI browser test (skipped without it). Best effort: never fatal.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian packages chromium chromium-driver (for the browser test)"
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1) \
+        || echo "setup: could not install chromium; the browser test will be skipped"
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
 stamp=.venv/.sgdlab-setup

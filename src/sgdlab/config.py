@@ -198,6 +198,22 @@ class SweepConfig(_Frozen):
     seeds: tuple[int, ...] = (0,)
     models: tuple[ModelConfig, ...] = (ModelConfig(),)
     variants: tuple[VariantConfig, ...] = ()
+    steps: tuple[int, ...] | None = None  # training lengths to sweep (None: train.steps)
+    train_fractions: tuple[float, ...] = (1.0,)  # train on a seeded subset of the training part
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v):
+        if v is not None and (not v or any(x < 1 for x in v)):
+            raise ValueError(f"steps must be a non-empty list of integers >= 1, got {v}")
+        return v
+
+    @field_validator("train_fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"fractions must be in (0, 1], got {list(v)}")
+        return v
 
     @field_validator("batch_sizes", "seeds")
     @classmethod

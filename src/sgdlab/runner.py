@@ -36,6 +36,19 @@ def load_cached(name: str, root: str, device: str, val_fraction: float, probe_si
         return _splits_cache[key]
 
 
+def train_subset(splits, fraction: float, seed: int):
+    """The training tensors of a run: all of the training part, or a seeded subset of ``fraction`` of it
+    (population studies vary the amount of data to spread test errors)."""
+    if fraction >= 1.0:
+        return splits.x_train, splits.y_train
+    import torch
+
+    n = int(len(splits.x_train) * fraction)
+    idx = torch.randperm(len(splits.x_train), generator=torch.Generator().manual_seed(10_000 + seed))[:n]
+    idx = idx.sort().values.to(splits.x_train.device)
+    return splits.x_train[idx], splits.y_train[idx]
+
+
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -78,7 +91,8 @@ def execute_run(
                         device=splits.x_train.device, **spec.model_kwargs)
     cfg = LoopConfig(steps=spec.steps, batch_size=spec.batch_size, seed=spec.seed, device=str(splits.x_train.device),
                      task=splits.task, **spec.loop)
-    tensors = DataTensors(splits.x_train, splits.y_train, splits.x_test, splits.y_test)
+    x_tr, y_tr = train_subset(splits, spec.train_fraction, spec.seed)
+    tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test)
 
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
@@ -106,7 +120,7 @@ def execute_run(
         "run_key": spec.key, "base_key": spec.base_key, "variant": spec.variant, "study": tracking_ctx["study"],
         "dataset": spec.dataset, "data_hash": spec.data_hash, "model": spec.model, "model_kwargs": spec.model_kwargs,
         "optimizer": spec.optimizer, "lr": spec.lr, "hparams": spec.hparams, "batch_size": spec.batch_size,
-        "steps": spec.steps, "seed": spec.seed, "status": result.status, "reason": result.reason,
+        "steps": spec.steps, "seed": spec.seed, "train_fraction": spec.train_fraction, "status": result.status, "reason": result.reason,
         "steps_done": result.steps_done, "n_params": param_count(model),
         **{k: float(v) for k, v in result.metrics.items()},
         **{f"val/{k.split('/')[-1]}": float(v) for k, v in val.items()},

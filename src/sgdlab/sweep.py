@@ -40,6 +40,7 @@ class RunSpec:
     loop: dict[str, Any]  # LoopConfig fields other than steps/batch_size/seed/device/task
     variant: str = "base"
     base_key: str = ""  # for a variant, the key of the run it was derived from
+    train_fraction: float = 1.0  # trains on a seeded subset of this fraction of the training part
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,7 +54,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         v = "" if self.variant == "base" else f" [{self.variant}]"
-        return f"{self.optimizer} lr={self.lr:g} B={self.batch_size} {self.model} seed={self.seed}{v}"
+        f = "" if self.train_fraction == 1.0 else f" data={self.train_fraction:g}"
+        return f"{self.optimizer} lr={self.lr:g} B={self.batch_size} T={self.steps} {self.model} seed={self.seed}{f}{v}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,12 +157,15 @@ def expand(cfg: Config, data_hash: str, n_train: int | None = None) -> list[RunS
         for name, hps in resolved:
             for hp in hps:
                 for bs in sw.batch_sizes:
-                    if n_train is not None and bs > n_train:
-                        raise SweepError(f"params.yaml: sweep.batch_sizes: {bs} is larger than the {n_train} "
-                                         f"training examples of {cfg.train.dataset!r}")
-                    for seed in sw.seeds:
-                        specs.append(RunSpec(cfg.train.dataset, data_hash, m.name, dict(m.kwargs), name, hp,
-                                             bs, cfg.train.steps, seed, loop))
+                    for frac in sw.train_fractions:
+                        n = None if n_train is None else int(n_train * frac)
+                        if n is not None and bs > n:
+                            raise SweepError(f"params.yaml: sweep.batch_sizes: {bs} is larger than the {n} training "
+                                             f"examples of {cfg.train.dataset!r} (train fraction {frac:g})")
+                        for steps in sw.steps or (cfg.train.steps,):
+                            for seed in sw.seeds:
+                                specs.append(RunSpec(cfg.train.dataset, data_hash, m.name, dict(m.kwargs), name, hp,
+                                                     bs, steps, seed, loop, train_fraction=frac))
     base = list(specs)
     for v in sw.variants:
         for spec in base:
