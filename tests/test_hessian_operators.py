@@ -1,5 +1,7 @@
 """Curvature operators on tiny float64 models against explicit Hessians/GGNs (torch.func)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,22 @@ def test_hvp_equals_explicit_hessian(problem, backend, batch_size):
         v = torch.randn(op.n, generator=g, dtype=torch.float64)
         torch.testing.assert_close(op.matvec(v), H @ v, atol=1e-10, rtol=0)
     assert op.n_matvecs == 3
+
+
+@pytest.mark.parametrize("backend", ["double_backward", "fwd_over_rev"])
+def test_bn_train_mode_uses_batch_statistics(backend):
+    model, (X, y) = tiny_cnn()
+    f, flat = flat_fn(model, lambda ps: F.cross_entropy(functional_call(model, ps, (X,)), y))
+    with hs.probe_state(model, "train"):  # batch statistics, running stats untouched
+        # Reverse-over-reverse reference: torch.func.hessian (vmapped jacfwd of jacrev) returned
+        # a non-symmetric matrix for train-mode BatchNorm with torch 2.13 (off by 0.04).
+        H = torch.autograd.functional.hessian(f, flat)
+    assert not model.training
+    torch.testing.assert_close(H, H.T, atol=1e-12, rtol=0)
+    op = hs.HessianOperator(model, F.cross_entropy, (X, y), bn_mode="train", backend=backend)
+    torch.testing.assert_close(op.to_dense(), H, atol=1e-10, rtol=0)
+    H_eval = explicit_hessian(model, F.cross_entropy, (X, y))
+    assert (H - H_eval).abs().max() > 1e-3  # the mode matters, hence no default guessing
 
 
 def test_retained_graph_survives_many_matvecs():
@@ -237,3 +255,22 @@ def test_explicit_and_preconditioned_operator_validation():
         hs.PreconditionedOperator(op, torch.tensor([1.0, 1, -1, 1, 1], dtype=torch.float64))
     with pytest.raises(ValueError, match=r"diag_p must have shape \(5,\)"):
         hs.PreconditionedOperator(op, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_operator_matches_cpu_and_keeps_cuda_rng():
+    model, (X, y) = tiny_cnn()
+    H = explicit_hessian(model, F.cross_entropy, (X, y))
+    gpu = copy.deepcopy(model).cuda()
+    data = (X.cuda(), y.cuda())
+    state = torch.cuda.get_rng_state()
+    for backend in ("double_backward", "fwd_over_rev"):
+        op = hs.HessianOperator(gpu, F.cross_entropy, data, backend=backend, batch_size=16)
+        assert op.device.type == "cuda"
+        v = torch.randn(op.n, dtype=torch.float64)
+        torch.testing.assert_close(op.matvec(v.cuda()).cpu(), H @ v, atol=1e-10, rtol=0)
+    res = hs.top_eigenvalues(gpu, F.cross_entropy, data, k=2, tol=1e-10)
+    torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(H).flip(0)[:2],
+                               atol=1e-8, rtol=0)
+    assert torch.equal(torch.cuda.get_rng_state(), state)

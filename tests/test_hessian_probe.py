@@ -272,3 +272,5 @@ def test_sharpness_probe_metrics_and_cadence():
         0, model, fresh)
     with pytest.raises(ValueError, match="every_k must be a positive int, got 0"):
         hs.SharpnessProbe(F.cross_entropy, data, every_k=0)
+    with pytest.raises(ValueError, match="n_trace_probes must be >= 6 for hutch\\+\\+, got 4"):
+        hs.SharpnessProbe(F.cross_entropy, data, n_trace_probes=4, trace_method="hutch++")

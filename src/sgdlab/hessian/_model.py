@@ -24,12 +24,11 @@ from torch.func import functional_call
 from .operators import LinearOperator
 
 BN_MODES = ("eval", "train")
+_BN = nn.modules.batchnorm._BatchNorm
 
 
 class NonFiniteLossError(ValueError):
     """The loss at the probe point is NaN or infinite, so its Hessian is undefined."""
-
-_BN = nn.modules.batchnorm._BatchNorm
 
 
 @contextlib.contextmanager

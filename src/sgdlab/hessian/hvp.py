@@ -3,20 +3,32 @@
 :class:`HessianOperator` applies ``H = d^2 L / d theta^2`` of the mean loss over the probe set
 (``L = sum_b (B_b/N) loss_fn(f(X_b), y_b)``) to flat vectors, with two backends:
 
-* ``"double_backward"`` (Pearlmutter's R-op by reverse-over-reverse): build the graph of the
-  gradient ``g = dL/dtheta`` (``create_graph=True``) and return ``d(g . v)/dtheta`` via
-  ``autograd.grad(g, theta, grad_outputs=v, retain_graph=True)``. When the probe set is one
-  physical batch (or ``retain_graph=True``) the gradient graph is built once and reused by every
-  matvec, so a matvec costs one backward pass through the gradient graph.
+* ``"double_backward"`` (reverse-over-reverse; Pearlmutter 1994, "Fast Exact Multiplication by
+  the Hessian"): build the graph of the gradient ``g = dL/dtheta`` (``create_graph=True``) and
+  return ``d(g . v)/dtheta`` via ``autograd.grad(g, theta, grad_outputs=v, retain_graph=True)``.
+  When the probe set is one physical batch (or ``retain_graph=True``) the gradient graph is built
+  once and reused by every matvec, so a matvec is one backward pass through the gradient graph.
 * ``"fwd_over_rev"``: ``torch.func.jvp(torch.func.grad(L), theta, v)`` through
   ``torch.func.functional_call``; every matvec redoes a forward and a backward pass in dual
   numbers.
 
-``backend="auto"`` picks ``"double_backward"``. Measured with ``bench/bench_hessian.py`` on the
-2-core CPU (torch 2.13, float32, 1024-sample batch), HVP time / gradient time (medians, repeated
-runs): MLP 784-256-256-10 tanh: double backward with graph reuse 1.1x, double backward without
-reuse 2.8x, fwd-over-rev 2.7x; small CNN with BatchNorm (eval): 1.3x, 3.4x, 4.6x.
-No GPU was available to measure; ``"auto"`` uses the same choice there.
+``backend="auto"`` picks ``"double_backward"``. ``bench/bench_hessian.py --threads 1`` on the
+shared 2-core CPU (torch 2.13, float32, 1024 Fashion-MNIST images), HVP time / gradient time,
+median of 7 paired rounds in the last run (range over 5-6 runs on a machine shared with others):
+
+==============================  =======================  =================================
+backend                         MLP 784-256-256-10 tanh  CNN 2 conv + BatchNorm(eval) + fc
+==============================  =======================  =================================
+double backward, graph reused   1.5x (1.1-1.7)           2.9x (2.6-3.0)
+double backward, rebuilt        2.5x (2.1-2.5)           4.0x (4.0-4.2)
+fwd-over-rev                    3.7x (2.7-3.9)           4.2x (3.3-4.2)
+==============================  =======================  =================================
+
+With one physical batch (the default) the reused graph wins by 2-3x. Rebuilt per matvec (several
+physical batches) double backward still won on the MLP and was within noise of fwd-over-rev on
+the CNN, so ``"auto"`` does not switch.
+(The CNN's HVP pays for BatchNorm's generic double-backward formula, ~1/4 of its time.) No GPU
+was available to measure; ``"auto"`` makes the same choice there.
 """
 
 from __future__ import annotations

@@ -4,21 +4,19 @@ Lanczos (1950) builds an orthonormal Krylov basis ``Q_m`` with ``Q_m^T A Q_m = T
 tridiagonal; the Ritz values (eigenvalues of ``T_m``, computed with ``eigh`` — never a general
 ``eig``) approximate the extreme eigenvalues of ``A`` after far fewer matvecs than power
 iteration (Saad, "Numerical Methods for Large Eigenvalue Problems", ch. 6). Every new vector is
-orthogonalized against all previous ones twice (classical Gram-Schmidt, "twice is enough"), so
-the basis stays orthonormal in floating point and no ghost eigenvalues appear; the price is
-storing ``m`` vectors of length ``n``.
+orthogonalized against all previous ones (classical Gram-Schmidt, repeated when the DGKS test
+asks: "twice is enough"), so the basis stays orthonormal in floating point and no ghost
+eigenvalues appear; the price is storing ``m`` vectors of length ``n`` and two reads of them per
+step.
 
 Convergence test: with ``T_m = S diag(theta) S^T`` and next off-diagonal ``beta_m``, the Ritz pair
 ``(theta_i, y_i = Q_m s_i)`` has residual ``||A y_i - theta_i y_i|| = |beta_m * s_{m,i}|`` (last
 component of ``s_i``). Iteration stops when, for each of the k wanted pairs,
 ``|beta_m * s_{m,i}| <= tol * |theta_i|``; then some eigenvalue of ``A`` lies within
-``tol * |theta_i|`` of ``theta_i`` (``criterion="residual"``, the default: a rigorous bound).
-``criterion="gap"`` stops earlier, when the Kato-Temple estimate
-``min(r_i, r_i^2 / delta_i) <= tol * |theta_i|`` holds, with ``delta_i`` the distance from
-``theta_i`` to the nearest other Ritz value standing in for the distance to the rest of the
-spectrum (Parlett, "The Symmetric Eigenvalue Problem", sec. 11.7). Then ``tol`` estimates the
-relative eigenvalue error itself; it is not a bound, since an eigenvalue the Krylov space has not
-yet seen could lie closer than ``delta_i``. On breakdown
+``tol * |theta_i|`` of ``theta_i`` (a rigorous bound; the actual error is typically near
+``residual^2 / gap``, far smaller). An error *estimate* such as ``residual^2 / Ritz gap`` was
+tried as a stopping rule and rejected: on a 269k-parameter MLP whose two top eigenvalues differ
+by 4.5 %, one start vector in six stopped at lambda_2. On breakdown
 (``beta_m ~ 0``: the Krylov space is invariant) the iteration restarts from a random vector
 orthogonal to the basis, which is how single-vector Lanczos finds further copies of a repeated
 eigenvalue; a copy can still be missed when no breakdown occurs before convergence.
@@ -32,7 +30,6 @@ from .operators import LinearOperator, gaussian, make_generator
 from .results import EigenResult
 
 WHICH = ("LA", "SA", "LM")
-CRITERIA = ("residual", "gap")
 
 
 class Krylov:
@@ -46,10 +43,15 @@ class Krylov:
         self.m = 0
         self._q = q0 / q0.norm()
 
-    def _orthogonalize(self, w: torch.Tensor, upto: int) -> torch.Tensor:
+    def _orthogonalize(self, w: torch.Tensor, upto: int, always_twice: bool = False):
+        """Classical Gram-Schmidt against Q[:upto]; a second pass only when the first removed
+        more than 1 - 1/sqrt(2) of the norm (DGKS test: Daniel, Gragg, Kaufman, Stewart 1976),
+        which after the three-term recurrence is rare, so one pass (2 reads of Q) is typical."""
         Q = self.Q[:upto]  # (j, n)
-        for _ in range(2):
-            w = w - Q.T @ (Q @ w)
+        before = float(w.norm())
+        w = torch.addmv(w, Q.T, Q @ w, alpha=-1)  # w - Q^T (Q w), one fused gemv
+        if always_twice or float(w.norm()) < 0.7071 * before:
+            w = torch.addmv(w, Q.T, Q @ w, alpha=-1)
         return w
 
     def step(self) -> float:
@@ -63,9 +65,9 @@ class Krylov:
         self.Q[j] = self._q
         w = self.op.matvec(self._q)
         alpha = float(torch.dot(self._q, w))
-        w = w - alpha * self._q
+        w = torch.add(w, self._q, alpha=-alpha)  # new tensor: the operator's output is untouched
         if j > 0:
-            w = w - self.betas[j - 1] * self.Q[j - 1]
+            w.sub_(self.Q[j - 1], alpha=self.betas[j - 1])
         self._w = self._orthogonalize(w, j + 1)
         self.alphas.append(alpha)
         self.m = j + 1
@@ -78,7 +80,7 @@ class Krylov:
     def restart(self, generator: torch.Generator) -> None:
         """Invariant subspace found: continue from a fresh random vector orthogonal to Q."""
         q = self._orthogonalize(
-            gaussian((self.op.n,), generator, self.op.dtype, self.op.device), self.m
+            gaussian((self.op.n,), generator, self.op.dtype, self.op.device), self.m, True
         )
         self.betas.append(0.0)
         self._q = q / q.norm()
@@ -113,7 +115,6 @@ def lanczos(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     return_eigenvectors: bool = False,
-    criterion: str = "residual",
 ) -> EigenResult:
     """Top-k eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -127,7 +128,6 @@ def lanczos(
         v0: start vector (n,); default standard normal from ``generator``/``seed``.
         generator, seed: randomness (default seed 0); the global RNG is never used.
         return_eigenvectors: also return the (n, k) Ritz vectors.
-        criterion: ``"residual"`` (bound) or ``"gap"`` (error estimate), see module docstring.
 
     Returns:
         :class:`EigenResult`; ``converged`` is False if ``max_iter`` ran out first.
@@ -139,8 +139,6 @@ def lanczos(
         raise ValueError(f"k must be an int in [1, {n}] (the number of parameters), got {k!r}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     max_iter = min(n, max(100, 10 * k)) if max_iter is None else min(int(max_iter), n)
     if max_iter < k:
         raise ValueError(f"max_iter={max_iter} must be >= k={k}")
@@ -167,10 +165,6 @@ def lanczos(
         if m >= k and not breakdown:
             idx = _pick(theta, k, which)
             res = (beta * S[m - 1, idx]).abs()
-            if criterion == "gap" and m > 1:
-                others = (theta[idx, None] - theta[None, :]).abs()  # (k, m)
-                others[torch.arange(k), idx] = float("inf")
-                res = torch.minimum(res, res**2 / others.min(dim=1).values)
             floor = max(eps * scale, torch.finfo(torch.float64).tiny)
             if bool((res <= tol * theta[idx].abs().clamp_min(floor)).all()):
                 converged = True

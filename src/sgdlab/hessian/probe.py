@@ -55,12 +55,10 @@ def top_eigenvalues(
     model, loss_fn, data, k: int = 1, tol: float = 1e-3, max_iter: int | None = None,
     batch_size: int | None = None, bn_mode: str = "eval", seed: int = 0, params=None, *,
     backend: str = "auto", device=None, dtype=None, return_eigenvectors: bool = False,
-    criterion: str = "residual",
 ) -> EigenResult:
     """Top-k Hessian eigenvalues (largest algebraic) of the mean loss over ``data`` by Lanczos.
 
-    ``tol`` is the relative Ritz residual, a bound on the eigenvalue error
-    (``criterion="gap"``: the relative error estimate ``r^2 / gap``, fewer matvecs; see
+    ``tol`` is the relative Ritz residual, a bound on the relative eigenvalue error (see
     :func:`~sgdlab.hessian.lanczos.lanczos`);
     ``max_iter`` caps matvecs (default ``min(n, max(100, 10k))``); ``params`` probes one block.
     """
@@ -69,7 +67,7 @@ def top_eigenvalues(
         backend=backend, device=device, dtype=dtype,
     )
     return lanczos(op, k, tol=tol, max_iter=max_iter, seed=seed,
-                   return_eigenvectors=return_eigenvectors, criterion=criterion)
+                   return_eigenvectors=return_eigenvectors)
 
 
 def trace(
@@ -108,7 +106,6 @@ def preconditioned_sharpness(
     model, loss_fn, data, optimizer, k: int = 1, tol: float = 1e-3, max_iter: int | None = None,
     batch_size: int | None = None, bn_mode: str = "eval", seed: int = 0, params=None, *,
     eps: float | None = None, backend: str = "auto", device=None, dtype=None,
-    criterion: str = "residual",
 ) -> EigenResult:
     """Top eigenvalues of ``P^{-1/2} H P^{-1/2}`` with ``P = sqrt(v_hat) + eps`` from the
     Adam/AdamW ``optimizer`` state (Cohen et al. 2022); compare with
@@ -118,7 +115,7 @@ def preconditioned_sharpness(
         backend=backend, device=device, dtype=dtype,
     )
     pre = PreconditionedOperator(op, adam_preconditioner(optimizer, op.params, eps=eps))
-    return lanczos(pre, k, tol=tol, max_iter=max_iter, seed=seed, criterion=criterion)
+    return lanczos(pre, k, tol=tol, max_iter=max_iter, seed=seed)
 
 
 class SharpnessProbe:
@@ -137,14 +134,14 @@ class SharpnessProbe:
     Every probe draws its random vectors from a fresh generator seeded with ``seed`` (the same
     probes each time: common random numbers make successive values comparable); the global RNG
     is forked, so training runs stay reproducible. ``data`` is moved once to the model's device.
-    ``tol``/``criterion``/``max_iter`` go to :func:`~sgdlab.hessian.lanczos.lanczos`.
+    ``tol``/``max_iter`` go to :func:`~sgdlab.hessian.lanczos.lanczos`.
     """
 
     def __init__(
         self, loss_fn, data, every_k: int = 100, k_eigs: int = 1, tol: float = 1e-3,
         n_trace_probes: int = 0, *, max_iter: int | None = None, trace_method: str = "hutchinson",
         batch_size: int | None = None, bn_mode: str = "eval", params=None, backend: str = "auto",
-        seed: int = 0, precondition: bool = True, criterion: str = "residual",
+        seed: int = 0, precondition: bool = True,
     ) -> None:
         if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
             raise ValueError(f"every_k must be a positive int, got {every_k!r}")
@@ -152,6 +149,10 @@ class SharpnessProbe:
             raise ValueError(f"n_trace_probes must be 0 (off) or >= 2, got {n_trace_probes!r}")
         if trace_method not in TRACE_METHODS:
             raise ValueError(f"trace_method must be one of {TRACE_METHODS}, got {trace_method!r}")
+        if trace_method == "hutch++" and 0 < n_trace_probes < 6:
+            raise ValueError(f"n_trace_probes must be >= 6 for hutch++, got {n_trace_probes}")
+        if isinstance(k_eigs, bool) or not isinstance(k_eigs, int) or k_eigs < 1:
+            raise ValueError(f"k_eigs must be a positive int, got {k_eigs!r}")
         if bn_mode not in ("eval", "train"):
             raise ValueError(f"bn_mode must be one of ('eval', 'train'), got {bn_mode!r}")
         self.loss_fn, self.data = loss_fn, tuple(data)
@@ -160,7 +161,7 @@ class SharpnessProbe:
         self.op_kw = {
             "batch_size": batch_size, "bn_mode": bn_mode, "params": params, "backend": backend,
         }
-        self.seed, self.precondition, self.criterion = seed, precondition, criterion
+        self.seed, self.precondition = seed, precondition
 
     def should_probe(self, step: int) -> bool:
         return step % self.every_k == 0
@@ -173,8 +174,7 @@ class SharpnessProbe:
         if self.data[0].device != device:
             self.data = tuple(t.to(device) for t in self.data)
         op = HessianOperator(model, self.loss_fn, self.data, **self.op_kw)
-        lz = {"tol": self.tol, "max_iter": self.max_iter, "seed": self.seed,
-              "criterion": self.criterion}
+        lz = {"tol": self.tol, "max_iter": self.max_iter, "seed": self.seed}
         res = lanczos(op, self.k_eigs, **lz)
         out = {"hessian/lambda_max": float(res.eigenvalues[0])}
         for i in range(1, len(res.eigenvalues)):
