@@ -16,6 +16,7 @@ import time  # noqa: E402
 from prefect import flow  # noqa: E402
 
 from flows.common import parent_run, pipeline_run  # noqa: E402
+from flows.generalization import gan_flow, predict_flow  # noqa: E402
 from flows.prepare import prepare_flow  # noqa: E402
 from flows.probe import probe_flow  # noqa: E402
 from flows.report import report_flow  # noqa: E402
@@ -24,7 +25,7 @@ from flows.sweep import sweep_flow  # noqa: E402
 from sgdlab import tracking  # noqa: E402
 from sgdlab.config import Config, load_config  # noqa: E402
 
-PHASES = ("prepare", "sweep", "probe", "report")
+PHASES = ("prepare", "sweep", "probe", "gan", "predict", "report")
 
 
 @flow(name="pipeline")
@@ -46,6 +47,10 @@ def pipeline_flow(cfg: Config, phases: list[str] | None = None) -> dict:
                     out["phases"][phase] = sweep_flow(cfg)
                 elif phase == "probe":
                     out["phases"][phase] = probe_flow(cfg)
+                elif phase == "gan":
+                    out["phases"][phase] = gan_flow(cfg)
+                elif phase == "predict":
+                    out["phases"][phase] = predict_flow(cfg)
                 elif phase == "report":
                     out["phases"][phase] = report_flow(cfg)
                 out["timings_s"][phase] = time.perf_counter() - t0

@@ -43,7 +43,7 @@ def build_report_task(results_dir: str, out_dir: str, study: str, curves: dict, 
 def report_flow(cfg: Config) -> dict:
     _, results_dir = study_dirs(cfg)
     rows = results.load_runs(results_dir)  # a missing table names itself and says to run the sweep
-    gan_grid = results_dir / "gan" / "samples.png"
+    gan_grid = results_dir / "gan" / "samples.png"  # written by the gan phase
     notes = [f"profile: {cfg.profile or '(none)'}; dataset: {cfg.train.dataset}; {len(rows)} runs",
              f"MLflow experiment: {cfg.experiment_name} (browse with `sgdlab ui`)"]
     with parent_run(cfg, "report", "report", rows[0].get("data_hash", "") if rows else "") as (_exp, run, _tags):

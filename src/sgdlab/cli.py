@@ -126,6 +126,78 @@ def probe(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt
     typer.echo(f"results: {out['runs_table']}")
 
 
+gan_app = typer.Typer(help="The class-conditional GAN of the test-error predictor (trained on the train split only).")
+app.add_typer(gan_app, name="gan")
+
+
+@gan_app.command("train")
+def gan_train(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Train the GAN on the training part of train.dataset (reused when config and data are unchanged) and
+    sample the labelled synthetic set (gan.n_per_class per class) to results/<study>/gan/synthetic.parquet."""
+    cfg = _config(params, set_)
+    from flows.generalization import gan_flow
+
+    try:
+        out = gan_flow(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    fd = out.get("frechet_synthetic_vs_val")
+    typer.echo(f"synthetic set: {out['synthetic']}  (generator {out['generator_hash'][:12]}, "
+               f"{'trained' if out['trained'] else 'reused'}"
+               + (f", class-conditional Frechet distance to held-out data {fd:.2f})" if fd is not None else ")"))
+    typer.echo(f"sample grid: {out['grid']}")
+
+
+@gan_app.command("sample")
+def gan_sample(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Re-sample the synthetic set from the trained GAN (e.g. --set gan.n_per_class=2000 --set gan.seed=1);
+    refuses to run when there is no trained generator for this config and data."""
+    cfg = _config(params, set_)
+    import json
+
+    from flows.generalization import gan_flow
+    from flows.sweep import study_dirs
+
+    meta = study_dirs(cfg)[1] / "gan" / "gan.json"
+    if not meta.is_file() or not (meta.parent / "generator.pt").is_file():
+        _fail(FileNotFoundError(f"{meta.parent / 'generator.pt'}: no trained GAN; run `sgdlab gan train` first"))
+    from sgdlab.gan import GANConfig
+
+    want = GANConfig.profile(cfg.gan.profile, **{**cfg.gan.overrides, "seed": cfg.gan.seed, "device": cfg.study.device})
+    if json.loads(meta.read_text()).get("config") != want.to_dict():
+        _fail(ValueError(f"{meta}: the trained GAN has another config than params.yaml's gan section; "
+                         "run `sgdlab gan train`"))
+    out = gan_flow(cfg)
+    typer.echo(f"synthetic set: {out['synthetic']}")
+
+
+@app.command()
+def predict(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Predict every finished classifier's test error (GAN, validation, train error) and compute the
+    generalization measures (lambda_max, trace, PAC-Bayes flatness); score them all (MAE, Kendall tau, Psi,
+    PGDL) into results/<study>/{predictions,scores}.parquet and scores.json."""
+    cfg = _config(params, set_)
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.generalization import predict_flow
+
+    try:
+        out = predict_flow(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    table = Table(title=f"predictors over {out['n_models']} classifiers")
+    for col in ("predictor", "kind", "MAE (pp)", "Kendall tau", "Psi", "PGDL"):
+        table.add_column(col)
+
+    def f(v, scale=1.0):
+        return "-" if v is None else f"{scale * v:.3g}"
+
+    for s in out["scores"]:
+        table.add_row(s["predictor"], s["kind"], f(s["mae"], 100), f(s["kendall_tau"]), f(s["psi"]), f(s["pgdl"]))
+    Console().print(table)
+
+
 @app.command()
 def optimizers(name: Optional[str] = typer.Argument(None, help="show one optimizer in detail")) -> None:
     """List the optimizer families with their hyper-parameters and defaults."""

@@ -266,6 +266,28 @@ class ProbeConfig(_Frozen):
         return v
 
 
+# ----------------------------------------------------------------------------- GAN and prediction
+class GANPhaseConfig(_Frozen):
+    """The class-conditional GAN of the prediction phase (trained on the training part only)."""
+
+    profile: str = "cpu"  # a name in sgdlab.gan.PROFILES (cpu: minutes on 2 cores; gpu: larger, longer)
+    overrides: dict[str, Any] = Field(default_factory=dict)  # GANConfig fields, e.g. {steps: 1500}
+    n_per_class: int = Field(1000, gt=1)  # size of the labelled synthetic set, per class
+    seed: int = Field(0, ge=0)
+    frechet_steps: int = Field(400, ge=0)  # training steps of the Frechet feature CNN (0: no Frechet distance)
+
+
+class FlatnessConfig(_Frozen):
+    target: float = Field(0.1, gt=0.0)  # allowed rise of the train error under weight noise
+    n_samples: int = Field(8, gt=0)
+    n_iter: int = Field(20, gt=0)
+
+
+class PredictConfig(_Frozen):
+    flatness: FlatnessConfig = FlatnessConfig()
+    force: bool = False  # use a synthetic set made from another data hash (normally refused)
+
+
 # ------------------------------------------------------------------------------------- orchestration
 class OrchestrationConfig(_Frozen):
     task_runner: Literal["thread", "process", "dask"] = "thread"
@@ -302,6 +324,8 @@ class Config(_Frozen):
     train: TrainConfig = TrainConfig()
     sweep: SweepConfig = SweepConfig()
     probe: ProbeConfig = ProbeConfig()
+    gan: GANPhaseConfig = GANPhaseConfig()
+    predict: PredictConfig = PredictConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()

@@ -1,0 +1,209 @@
+"""GAN-based test-error prediction over a population of classifiers, scored against the alternatives.
+
+The method (Zhang, Gupta, Saunshi, Arora, ICLR 2022): train a class-conditional GAN on the *same training
+part* the classifiers were trained on, sample a labelled synthetic set, and take each classifier's error on
+it as its predicted test error. This module is the library behind the ``gan`` and ``predict`` phases:
+
+- :func:`train_and_sample`: GAN on ``splits.x_train`` only (the function never receives test data), a
+  synthetic set written to Parquet with the generator hash and the training data hash, a sample grid, and
+  the class-conditional Frechet distance of the synthetic set to the held-out validation part (features
+  from a small CNN trained on the training part: no downloaded Inception weights exist offline).
+- :func:`load_synthetic`: reads it back, refusing a set made from another data hash unless forced.
+- :func:`predict_population`: every predictor on every finished classifier of the sweep.
+- :func:`score_predictors`: MAE, signed Kendall tau, granulated Kendall Psi and the PGDL score.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ERROR_PREDICTORS = ("gan", "val", "train_err")
+MEASURES = ("lambda_max", "trace", "pacbayes_flatness")
+AXES = ("optimizer", "lr", "batch_size", "model", "steps", "train_fraction")
+
+
+class SyntheticSetError(ValueError):
+    """A synthetic set that does not belong to this data (or is missing/corrupt); names the file."""
+
+
+def data_range(splits) -> tuple[float, float]:
+    """The [0, 1] pixel range in the loader's standardised units (what the GAN must output)."""
+    norm = splits.meta.get("normalization") or {}
+    if not norm:
+        return (float(splits.x_train.min()), float(splits.x_train.max()))
+    return ((0.0 - norm["mean"]) / norm["std"], (1.0 - norm["mean"]) / norm["std"])
+
+
+def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg, out_dir: Path | str, *,
+                     n_per_class: int, seed: int, x_ref=None, y_ref=None, range_: tuple[float, float] = (0.0, 1.0),
+                     frechet_steps: int = 400,
+                     metric_sink: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
+    """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
+
+    ``x_ref, y_ref``: held-out *training-distribution* data for the Frechet distance (the validation part);
+    never the test split. Reuses ``generator.pt`` when it exists with the same config and data hash.
+    Returns a dict of paths and figures (small; safe to pass between tasks)."""
+    from sgdlab.data.parquet import write_split
+    from sgdlab.gan import (
+        generator_hash,
+        load_gan,
+        sample_grid_png,
+        sample_synthetic,
+        save_gan,
+        train_gan,
+    )
+    from sgdlab.gan.frechet import class_conditional_frechet, train_feature_net
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, meta_path = out / "generator.pt", out / "gan.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    want = {"config": gan_cfg.to_dict(), "data_hash": data_hash}
+    if ckpt.is_file() and all(meta.get(k) == v for k, v in want.items()):
+        res = load_gan(ckpt, num_classes=num_classes, sample_shape=tuple(x_train.shape[1:]), device=x_train.device)
+        trained = False
+    else:
+        res = train_gan(x_train, y_train, num_classes, gan_cfg, data_range=range_, progress=progress,
+                        metric_sink=metric_sink)
+        save_gan(res, ckpt)
+        trained = True
+    g_hash = generator_hash(res.generator)
+    x_syn, y_syn = sample_synthetic(res.generator, num_classes, n_per_class, seed, device=x_train.device)
+    common = {"dataset": "synthetic", "task": "classification", "num_classes": num_classes,
+              "source": f"class-conditional GAN {ckpt}", "generator_hash": g_hash, "data_hash": data_hash,
+              "n_per_class": n_per_class, "seed": seed, "gan_config": gan_cfg.to_dict()}
+    syn_path = out / "synthetic.parquet"
+    write_split(syn_path, x_syn.float().cpu().numpy(), y_syn.cpu().numpy().astype(np.int64), {**common, "split": "synthetic"})
+    grid = sample_grid_png(res.generator, out / "samples.png", n_per_class=8, seed=seed)
+    fd = {}
+    counts = np.bincount(y_ref.cpu().numpy(), minlength=num_classes) if y_ref is not None else np.zeros(1)
+    if frechet_steps and counts.min() < 2:
+        fd["frechet_skipped"] = f"held-out set has {int(counts.min())} example(s) of some class; need >= 2 per class"
+    elif frechet_steps:
+        net = train_feature_net(x_train, y_train, num_classes, data_range=range_, seed=seed, device=x_train.device,
+                                steps=frechet_steps)
+        fd["frechet_synthetic_vs_val"] = class_conditional_frechet(net, x_syn, y_syn, x_ref, y_ref, num_classes).mean
+        n = min(len(x_train), max(len(x_ref), 2000))
+        fd["frechet_train_vs_val"] = class_conditional_frechet(net, x_train[:n], y_train[:n], x_ref, y_ref, num_classes).mean
+    meta = {**want, "generator_hash": g_hash, "wall_time_s": res.wall_time_s, "steps": res.steps, **fd}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return {"checkpoint": str(ckpt), "synthetic": str(syn_path), "grid": str(grid), "generator_hash": g_hash,
+            "trained": trained, "wall_time_s": res.wall_time_s, **fd}
+
+
+def load_synthetic(path: Path | str, data_hash: str, device="cpu", force: bool = False):
+    """The synthetic set as tensors ``(x, y)``; refuses one built from another training set unless ``force``."""
+    import torch
+
+    from sgdlab.data.parquet import DataFileError, read_split
+
+    try:
+        x, y, meta = read_split(Path(path))
+    except DataFileError as exc:
+        raise SyntheticSetError(f"{exc} (the synthetic set comes from the gan phase: `sgdlab gan sample`)") from None
+    if meta.get("data_hash") != data_hash and not force:
+        raise SyntheticSetError(f"{path}: made from training data {str(meta.get('data_hash'))[:12]}..., but the "
+                                f"classifiers were trained on {data_hash[:12]}...; re-run the gan phase or pass force")
+    return torch.from_numpy(np.array(x)).to(device), torch.from_numpy(np.array(y)).to(device), meta
+
+
+def _check_compatible(model, x_syn, num_classes: int, label: str) -> None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model(x_syn[:2])
+    except RuntimeError as exc:
+        raise SyntheticSetError(f"classifier {label} cannot take synthetic inputs of shape {tuple(x_syn.shape[1:])}: "
+                                f"{str(exc).splitlines()[0]}") from None
+    if out.shape[-1] != num_classes:
+        raise SyntheticSetError(f"classifier {label} has {out.shape[-1]} outputs, the GAN's synthetic set "
+                                f"{num_classes} classes")
+
+
+def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_syn, y_syn, *,
+                       probe_rows: dict[str, dict] | None = None, flatness: dict | None = None,
+                       hessian: dict | None = None) -> list[dict[str, Any]]:
+    """Every predictor on every classifier: ``(spec, checkpoint, row)`` triples from the sweep.
+
+    Rows hold ``true/test_err`` (error on the real test split: the target, used only for scoring),
+    ``pred/<name>`` predicted test errors and ``measure/<name>`` generalization measures (larger =
+    predicted worse). lambda_max and trace come from the probe phase when it ran (same subset and
+    settings), else are computed here."""
+    import functools
+
+    from sgdlab.generalization import (
+        GANPredictor,
+        PACBayesFlatnessPredictor,
+        SharpnessPredictor,
+        TracePredictor,
+        TrainErrorPredictor,
+        ValidationPredictor,
+        classification_error,
+    )
+    from sgdlab.models import build_model
+    from sgdlab.train import load_checkpoint, loss_fn
+
+    probe_rows = probe_rows or {}
+    flatness = flatness or {}
+    hessian = hessian or {}
+    sub = splits.probe_idx[: hessian.get("subset_size", len(splits.probe_idx))]
+    xp, yp = splits.x_train[sub], splits.y_train[sub]
+    preds = {"gan": GANPredictor(x_syn, y_syn), "val": ValidationPredictor(splits.x_val, splits.y_val),
+             "train_err": TrainErrorPredictor(splits.x_train, splits.y_train)}
+    loss = functools.partial(loss_fn, splits.task)
+    sharp = SharpnessPredictor(xp, yp, loss_fn=loss, tol=hessian.get("tol", 1e-3))
+    trace = TracePredictor(xp, yp, loss_fn=loss, n_probes=max(2, hessian.get("trace_probes", 20)))
+    flat = PACBayesFlatnessPredictor(xp, yp, n_samples=flatness.get("n_samples", 8), target=flatness.get("target", 0.1),
+                                     n_iter=flatness.get("n_iter", 20))
+    rows = []
+    for spec, ckpt_path, run in specs_and_ckpts:
+        model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=spec.seed,
+                            device=splits.x_train.device, **spec.model_kwargs)
+        model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+        model.eval()
+        _check_compatible(model, x_syn, splits.num_outputs, spec.label)
+        row = {"run_key": run["run_key"], **{a: run.get(a) for a in AXES}, "seed": spec.seed,
+               "true/test_err": classification_error(model, splits.x_test, splits.y_test)}
+        row["true/train_err"] = preds["train_err"].predict(model)
+        for name, p in preds.items():
+            row[f"pred/{name}"] = row["true/train_err"] if name == "train_err" else p.predict(model)
+        probed = probe_rows.get(run["run_key"], {})
+        row["measure/lambda_max"] = probed.get("hessian/lambda_max") or sharp.predict(model)
+        row["measure/trace"] = probed.get("hessian/trace") or trace.predict(model)
+        row["measure/pacbayes_flatness"] = flat.predict(model)
+        row["true/gap"] = row["true/test_err"] - row["true/train_err"]
+        rows.append(row)
+    return rows
+
+
+def score_predictors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per predictor: MAE (fraction) and signed Kendall tau of predicted vs true test error,
+    granulated Kendall Psi over the varied axes, and the PGDL score against the generalization gap."""
+    from sgdlab.generalization import granulated_kendall, kendall_tau, mae, pgdl_score
+
+    if len(rows) < 2:
+        raise ValueError(f"scoring needs at least 2 classifiers, got {len(rows)}")
+    true = np.array([r["true/test_err"] for r in rows])
+    gap = np.array([r["true/gap"] for r in rows])
+    varied = {a: [str(r.get(a)) for r in rows] for a in AXES if len({str(r.get(a)) for r in rows}) > 1}
+    out = []
+    for col in sorted(k for k in rows[0] if k.startswith(("pred/", "measure/"))):
+        vals = np.array([r[col] for r in rows], dtype=float)
+        kind = "error" if col.startswith("pred/") else "measure"
+        entry = {"predictor": col.split("/", 1)[1], "kind": kind, "n_models": len(rows),
+                 "mae": mae(vals, true) if kind == "error" else None,
+                 "kendall_tau": kendall_tau(vals, true)}
+        if varied:
+            entry["psi"] = granulated_kendall(vals, true, varied)[0]
+            entry["pgdl"] = pgdl_score(vals if kind == "measure" else vals - np.array([r["true/train_err"] for r in rows]),
+                                       gap, varied)
+        else:
+            entry["psi"] = entry["pgdl"] = None
+        out.append(entry)
+    return out

@@ -1,0 +1,98 @@
+"""The gan and predict phases: no test data reaches the GAN, refusals of mismatched synthetic sets,
+predictor scoring on constructed populations."""
+
+import numpy as np
+import pytest
+import torch
+
+from sgdlab.data.parquet import RawDataset, write_dataset, write_split
+from sgdlab.prediction import SyntheticSetError, load_synthetic, score_predictors
+
+
+def _poisoned_dataset(root, n_train=200, n_test=20):
+    """28x28 float images whose TEST split is all NaN: if any GAN code touched it, NaN would spread."""
+    rng = np.random.default_rng(0)
+    ds = RawDataset("fashion_mnist", "classification", 10,
+                    rng.random((n_train, 1, 28, 28), dtype=np.float32), np.arange(n_train) % 10,
+                    np.full((n_test, 1, 28, 28), np.nan, dtype=np.float32), np.arange(n_test) % 10, source="unit")
+    write_dataset(ds, root / "processed" / "fashion_mnist", "0")
+
+
+def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store):
+    from sgdlab import tracking
+    from tasks.gan import gan_task
+
+    _poisoned_dataset(tmp_path)
+    data = {"name": "fashion_mnist", "root": str(tmp_path), "val_fraction": 0.25, "probe_size": 10, "split_seed": 0}
+    gan = {"profile": "cpu", "overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1}, "n_per_class": 4,
+           "seed": 0, "frechet_steps": 3}
+    run = tracking.start_run(tracking.ensure_experiment("gan-test"), "gan", tracking.lineage_tags("gan-test"))
+    out = gan_task.fn(data, "cpu", gan, str(tmp_path / "gan"), run)
+    x, y, meta = load_synthetic(out["synthetic"], meta_hash := _hash(tmp_path))
+    assert torch.isfinite(x).all() and x.shape == (40, 1, 28, 28) and sorted(set(y.tolist())) == list(range(10))
+    assert np.isfinite(out["frechet_synthetic_vs_val"]) and np.isfinite(out["frechet_train_vs_val"])
+    assert meta["data_hash"] == meta_hash and meta["generator_hash"] == out["generator_hash"]
+    again = gan_task.fn(data, "cpu", gan, str(tmp_path / "gan"), run)  # same config and data: reused
+    assert again["trained"] is False and again["generator_hash"] == out["generator_hash"]
+
+
+def _hash(root):
+    from sgdlab.data import read_meta
+
+    return read_meta(root / "processed" / "fashion_mnist" / "train.parquet")["data_hash"]
+
+
+def test_synthetic_set_from_another_data_hash_is_refused(tmp_path):
+    p = tmp_path / "synthetic.parquet"
+    write_split(p, np.zeros((4, 1, 2, 2), np.float32), np.arange(4), {"data_hash": "a" * 64, "generator_hash": "g"})
+    with pytest.raises(SyntheticSetError, match=r"synthetic\.parquet: made from training data aaaaaaaaaaaa"):
+        load_synthetic(p, "b" * 64)
+    x, y, _ = load_synthetic(p, "b" * 64, force=True)
+    assert x.shape == (4, 1, 2, 2)
+
+
+def test_missing_or_corrupt_synthetic_set_names_the_file(tmp_path):
+    with pytest.raises(SyntheticSetError, match=r"nope\.parquet: missing.*gan"):
+        load_synthetic(tmp_path / "nope.parquet", "x")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    with pytest.raises(SyntheticSetError, match=r"bad\.parquet"):
+        load_synthetic(bad, "x")
+
+
+def test_classifier_that_does_not_fit_the_gan_is_refused():
+    from sgdlab.prediction import _check_compatible
+
+    x_syn = torch.zeros(4, 1, 28, 28)
+    wrong_classes = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 3))
+    with pytest.raises(SyntheticSetError, match="has 3 outputs, the GAN's synthetic set 10 classes"):
+        _check_compatible(wrong_classes, x_syn, 10, "mlp seed=0")
+    wrong_shape = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40, 10))
+    with pytest.raises(SyntheticSetError, match=r"cannot take synthetic inputs of shape \(1, 28, 28\)"):
+        _check_compatible(wrong_shape, x_syn, 10, "conv1d seed=0")
+
+
+def _population(n=12):
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(n):
+        test_err = 0.1 + 0.02 * i
+        rows.append({"run_key": f"k{i}", "optimizer": ["sgd", "adam"][i % 2], "lr": [0.1, 0.01, 0.001][i % 3],
+                     "batch_size": 128, "model": "mlp", "steps": 100, "train_fraction": 1.0,
+                     "true/test_err": test_err, "true/train_err": 0.05, "true/gap": test_err - 0.05,
+                     "pred/gan": test_err, "pred/val": test_err + 0.01, "pred/train_err": 0.05,
+                     "measure/lambda_max": -test_err,  # perfectly anti-correlated
+                     "measure/trace": float(rng.random())})
+    return rows
+
+
+def test_scores_on_a_constructed_population():
+    scores = {s["predictor"]: s for s in score_predictors(_population())}
+    assert scores["gan"]["mae"] == pytest.approx(0.0) and scores["gan"]["kendall_tau"] == pytest.approx(1.0)
+    assert scores["val"]["mae"] == pytest.approx(0.01) and scores["val"]["kendall_tau"] == pytest.approx(1.0)
+    assert scores["gan"]["pgdl"] == pytest.approx(100.0)
+    assert scores["lambda_max"]["kendall_tau"] == pytest.approx(-1.0)
+    assert scores["lambda_max"]["mae"] is None and scores["lambda_max"]["kind"] == "measure"
+    assert abs(scores["trace"]["kendall_tau"]) < 0.6
+    with pytest.raises(ValueError, match="at least 2 classifiers"):
+        score_predictors(_population(1))
