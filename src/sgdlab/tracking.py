@@ -34,7 +34,12 @@ _clients: dict[str, Any] = {}
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
+    """``sqlite:///<root>/mlflow/mlflow.db``; inside a ``dvc exp run --temp`` copy of the repo
+    (``<repo>/.dvc/tmp/exps/...``) the root is the original repo, so experiments land in the main store."""
     root = (root or project_root()).resolve()
+    marker = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}"
+    if marker in f"{root}{os.sep}":
+        root = Path(f"{root}{os.sep}".split(marker)[0])
     return f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
 
 
