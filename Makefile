@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian serve
+.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian serve study-gan
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,3 +35,6 @@ bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHess
 
 serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
 	sgdlab serve
+
+study-gan: setup ## the GAN-predictor study: >= 30 classifiers on Fashion-MNIST, every predictor scored (slow)
+	sgdlab run --profile population

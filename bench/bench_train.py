@@ -92,7 +92,27 @@ def platform_loop(model, data, steps, batch, lr, seed, sink, log_every, compile_
                      final_eval=False, device=str(data.x_train.device), compile=compile_,
                      amp_bf16=amp)
     res = train(model, "sgd", {"lr": lr}, data, cfg, metric_sink=sink)
+    if hasattr(sink, "flush"):  # the MLflow sink writes its batch inside the timed section
+        sink.flush()
     assert res.status == "finished", res.reason
+
+
+def make_sink(kind: str):
+    """``memory``: a list; ``mlflow``: sgdlab's real MLflow batch logger on a throw-away sqlite store
+    (flushing every 500 points, as in a sweep), i.e. "tracking on"."""
+    if kind == "memory":
+        return MemorySink()
+    if kind == "mlflow":
+        import os
+        import tempfile
+
+        from sgdlab import tracking
+
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='bench-mlflow-')}/mlflow.db"
+        exp = tracking.ensure_experiment("bench-train")
+        sink = tracking.MetricBuffer(tracking.start_run(exp, "bench", {}))
+        return sink
+    return None
 
 
 def bench_model(name, data, args, device):
@@ -101,7 +121,7 @@ def bench_model(name, data, args, device):
     def fresh():
         return build_model(name, shape, 10, seed=0, device=device, **MODEL_KW[name])
 
-    sink = MemorySink() if args.sink == "memory" else None
+    sink = make_sink(args.sink)
     runs = {"plain": lambda m, s: plain_loop(m, data, s, args.batch_size, args.lr, 0),
             "sgdlab": lambda m, s: platform_loop(m, data, s, args.batch_size, args.lr, 0, sink,
                                                  args.log_every, args.compile, args.amp_bf16)}
@@ -133,7 +153,7 @@ def bench_model(name, data, args, device):
         "paired_ratio": statistics.median(pair),
         "paired_ratio_cpu_time": statistics.median(pair_cpu) if device.type == "cpu" else None,
         "plain_all": sps["plain"], "sgdlab_all": sps["sgdlab"],
-        "sink_rows": len(sink.rows) if sink is not None else 0,
+        "sink_rows": len(getattr(sink, "rows", [])),
     }
 
 
@@ -146,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--sink", choices=["none", "memory"], default="memory")
+    p.add_argument("--sink", choices=["none", "memory", "mlflow"], default="mlflow")
     p.add_argument("--data", choices=["random", "fashion_mnist"], default="random")
     p.add_argument("--n-train", type=int, default=60000)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

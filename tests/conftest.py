@@ -27,7 +27,7 @@ os.environ.setdefault("CI", "true")  # quiet progress bars
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # 2 shared cores: two threads per process oversubscribe them (4-9x slower measured)
 
 
 @pytest.fixture(scope="session")

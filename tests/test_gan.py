@@ -214,3 +214,11 @@ def test_minibatch_std_feature_per_group():
         minibatch_std(h[:6], 4)
     with pytest.raises(ValueError, match="batch_size=10 must be a multiple of d_mbstd_group=4"):
         GANConfig(batch_size=10)
+
+
+def test_bf16_autocast_path_runs_on_cpu():
+    x, y = _data(n=24)
+    res = train_gan(x, y, 3, GANConfig(**{**TINY, "steps": 2, "precision": "bf16"}))
+    xs, _ = sample_synthetic(res.generator, 3, 2, seed=0)
+    assert xs.dtype == torch.float32 and torch.isfinite(xs).all()
+    assert all(t.dtype == torch.float32 for t in res.discriminator.state_dict().values())

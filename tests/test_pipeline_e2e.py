@@ -4,12 +4,10 @@ stage), MLflow; then a no-op repro, an lr change that re-runs only what depends 
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-
 from test_dvc import _clone, _run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -127,7 +127,9 @@ class GANConfig:
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # Measured on 2 shared CPU cores: see bench/bench_gan.py and the GAN section of the docs.
+    # bench/bench_gan.py on Fashion-MNIST, 2 CPU cores shared with other jobs (load avg 2-3.5),
+    # torch.set_num_threads(1): 2500 steps in ~350 s (~140 ms/step); samples recognisable per
+    # class. Two threads were far slower under that contention (OpenMP spin-wait).
     "cpu": dict(
         z_dim=64,
         g_widths=(64, 32, 16),
