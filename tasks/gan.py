@@ -8,7 +8,7 @@ from prefect import task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from sgdlab import tracking  # noqa: E402
-from sgdlab.prediction import data_range, train_and_sample  # noqa: E402
+from sgdlab.prediction import CLASS_NAMES, data_range, train_and_sample  # noqa: E402
 from sgdlab.runner import load_cached  # noqa: E402
 
 
@@ -25,6 +25,7 @@ def gan_task(data: dict, device: str, gan: dict, out_dir: str, run_id: str) -> d
         out = train_and_sample(splits.x_train, splits.y_train, splits.num_outputs, splits.data_hash, cfg, out_dir,
                                n_per_class=gan["n_per_class"], seed=gan["seed"], x_ref=splits.x_val, y_ref=splits.y_val,
                                range_=data_range(splits), frechet_steps=gan["frechet_steps"],
+                               class_names=CLASS_NAMES.get(data["name"]),
                                metric_sink=lambda step, m: buf(m, step))
         buf({k.replace("frechet_", "gan/frechet_"): v for k, v in out.items()
              if k.startswith("frechet") and isinstance(v, float)}, 0)

@@ -242,6 +242,9 @@ def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     from sgdlab.data import DataFileError, SourceError
 
     phases = list(phase) if phase else list(PHASES)
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:  # before any compute or server start
+        _fail(ValueError(f"unknown phase(s) {unknown}; phases are: {', '.join(PHASES)}"))
     typer.echo(f"sgdlab run: study {cfg.study.name!r} (profile {cfg.profile}); phases: {', '.join(phases)}")
     try:
         out = run_pipeline(cfg, phases)

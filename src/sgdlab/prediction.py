@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 ERROR_PREDICTORS = ("gan", "val", "train_err")
+CLASS_NAMES = {"fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Boot"]}
 MEASURES = ("lambda_max", "trace", "pacbayes_flatness")
 AXES = ("optimizer", "lr", "batch_size", "model", "steps", "train_fraction")
 
@@ -41,7 +43,7 @@ def data_range(splits) -> tuple[float, float]:
 
 def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg, out_dir: Path | str, *,
                      n_per_class: int, seed: int, x_ref=None, y_ref=None, range_: tuple[float, float] = (0.0, 1.0),
-                     frechet_steps: int = 400,
+                     frechet_steps: int = 400, class_names: list[str] | None = None,
                      metric_sink: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
@@ -79,7 +81,8 @@ def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg
               "n_per_class": n_per_class, "seed": seed, "gan_config": gan_cfg.to_dict()}
     syn_path = out / "synthetic.parquet"
     write_split(syn_path, x_syn.float().cpu().numpy(), y_syn.cpu().numpy().astype(np.int64), {**common, "split": "synthetic"})
-    grid = sample_grid_png(res.generator, out / "samples.png", n_per_class=8, seed=seed)
+    names = list(class_names) if class_names and len(class_names) == num_classes else None
+    grid = sample_grid_png(res.generator, out / "samples.png", n_per_class=8, seed=seed, class_names=names)
     fd = {}
     counts = np.bincount(y_ref.cpu().numpy(), minlength=num_classes) if y_ref is not None else np.zeros(1)
     if frechet_steps and counts.min() < 2:
