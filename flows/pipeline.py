@@ -20,7 +20,7 @@ from flows.generalization import gan_flow, predict_flow  # noqa: E402
 from flows.prepare import prepare_flow  # noqa: E402
 from flows.probe import probe_flow  # noqa: E402
 from flows.report import report_flow  # noqa: E402
-from flows.runners import make_task_runner  # noqa: E402
+from flows.runners import configured, make_task_runner  # noqa: E402
 from flows.sweep import sweep_flow  # noqa: E402
 from sgdlab import tracking  # noqa: E402
 from sgdlab.config import Config, load_config  # noqa: E402
@@ -42,17 +42,17 @@ def pipeline_flow(cfg: Config, phases: list[str] | None = None) -> dict:
             for phase in phases:
                 t0 = time.perf_counter()
                 if phase == "prepare":
-                    out["phases"][phase] = prepare_flow(cfg)
+                    out["phases"][phase] = configured(prepare_flow, cfg)(cfg)
                 elif phase == "sweep":
-                    out["phases"][phase] = sweep_flow(cfg)
+                    out["phases"][phase] = configured(sweep_flow, cfg)(cfg)
                 elif phase == "probe":
-                    out["phases"][phase] = probe_flow(cfg)
+                    out["phases"][phase] = configured(probe_flow, cfg)(cfg)
                 elif phase == "gan":
-                    out["phases"][phase] = gan_flow(cfg)
+                    out["phases"][phase] = configured(gan_flow, cfg)(cfg)
                 elif phase == "predict":
-                    out["phases"][phase] = predict_flow(cfg)
+                    out["phases"][phase] = configured(predict_flow, cfg)(cfg)
                 elif phase == "report":
-                    out["phases"][phase] = report_flow(cfg)
+                    out["phases"][phase] = configured(report_flow, cfg)(cfg)
                 out["timings_s"][phase] = time.perf_counter() - t0
         tracking.log_metrics(run, {f"pipeline/{k}_s": v for k, v in out["timings_s"].items()})
         out["mlflow_run_id"] = run

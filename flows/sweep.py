@@ -19,7 +19,7 @@ from prefect.futures import as_completed  # noqa: E402
 
 from flows.common import parent_run  # noqa: E402
 from flows.prepare import prepare_flow  # noqa: E402
-from flows.runners import make_task_runner  # noqa: E402
+from flows.runners import configured, make_task_runner  # noqa: E402
 from sgdlab import results, tracking  # noqa: E402
 from sgdlab.config import Config  # noqa: E402
 from sgdlab.sweep import expand  # noqa: E402
@@ -42,7 +42,7 @@ def _progress(total: int):
 @flow(name="sweep")
 def sweep_flow(cfg: Config) -> dict:
     """Train every run of the sweep (skipping finished keys, resuming interrupted ones)."""
-    prep = prepare_flow(cfg, [cfg.train.dataset])[0]
+    prep = configured(prepare_flow, cfg)(cfg, [cfg.train.dataset])[0]
     n_train = prep["n_train"] - int(round(cfg.data.val_fraction * prep["n_train"]))
     specs = expand(cfg, prep["data_hash"], n_train)  # validates everything before any training
     models_dir, results_dir = study_dirs(cfg)
