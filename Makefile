@@ -31,7 +31,8 @@ bench-train: setup ## training loop vs a plain PyTorch loop (samples/s ratio), M
 	$(PY) bench/bench_train.py --models mlp,cnn --steps 150 --repeats 5 --threads 1 --out bench/results/train.json
 
 bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHessian (pip install pyhessian)
-	$(PY) bench/bench_hessian.py --out bench/results/hessian.json
+	$(PY) -m pip install -q --no-deps pyhessian==0.1 2>/dev/null || true
+	$(PY) bench/bench_hessian.py --repeats 7 --threads 1 --trace-probes 30 --out bench/results/hessian.json
 
 serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
 	sgdlab serve
