@@ -73,13 +73,14 @@ def _print_summary(out: dict) -> None:
     from rich.table import Table
 
     table = Table(title="sweep: test accuracy over seeds (mean ± std)")
-    for col in ("model", "optimizer", "lr", "batch", "variant", "runs", "diverged", "test acc"):
+    for col in ("model", "optimizer", "lr", "batch", "steps", "data", "variant", "runs", "diverged", "test acc"):
         table.add_column(col)
     for s in out["summary"]:
         m, sd = s.get("test/acc mean"), s.get("test/acc std")
         acc = "-" if m is None else f"{100 * m:.2f} ± {100 * (sd or 0):.2f} %"
-        table.add_row(str(s["model"]), str(s["optimizer"]), f"{s['lr']:g}", str(s["batch_size"]), str(s["variant"]),
-                      str(s["runs"]), str(s["diverged"]), acc)
+        frac = s.get("train_fraction")
+        table.add_row(str(s["model"]), str(s["optimizer"]), f"{s['lr']:g}", str(s["batch_size"]), str(s.get("steps")),
+                      "-" if frac is None else f"{frac:g}", str(s["variant"]), str(s["runs"]), str(s["diverged"]), acc)
     Console().print(table)
 
 

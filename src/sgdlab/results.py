@@ -61,7 +61,7 @@ def merge_columns(path: Path | str, updates: dict[str, dict[str, Any]], key: str
     return write_table(rows, path)
 
 
-GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "variant")
+GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "steps", "train_fraction", "variant")
 
 
 def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict[str, Any]]:
