@@ -16,7 +16,6 @@ Prints a summary and writes every figure to ``--out`` as JSON.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
@@ -45,15 +44,9 @@ CLASSES = [
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    try:  # the project's reader when present
-        from sgdlab.data.idx import read_idx_file
+    from sgdlab.data.idx import read_idx_file
 
-        return read_idx_file(path)
-    except ImportError:  # minimal IDX parse: magic (2 zero bytes, type, ndim), sizes, data
-        raw = gzip.decompress(path.read_bytes())
-        ndim = raw[3]
-        shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+    return read_idx_file(path)
 
 
 def load_fashion_mnist(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
