@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup: .venv with CPU torch 2.13.0 first (an existing torch, e.g. a CUDA build, is kept),
 # then sgdlab with its dev extras and the pins that make Prefect 3.8.8 work (see shared STACK.md),
-# bytecode compiled, and the Fashion-MNIST Debian package when running as root.
+# bytecode compiled, and the Fashion-MNIST Debian package when running as root. pip's "Location ... is
+# ignored" warnings about this machine's local package mirrors are filtered from stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -28,10 +29,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 if ! "$VPY" -c "import torch" 2>/dev/null; then
     echo "setup: installing torch==2.13.0 (CPU build)"
-    "$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0
+    "$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0 2> >(grep -v 'is ignored' >&2)
 fi
 echo "setup: installing sgdlab[dev] into .venv"
-"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+"$VPY" -m pip install -q --disable-pip-version-check -e ".[dev]" 2> >(grep -v 'is ignored' >&2)
 echo "setup: compiling bytecode"
 "$VPY" -m compileall -q -j 0 .venv/lib >/dev/null 2>&1 || true
 echo "$want" > "$stamp"
