@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sgdlab import tracking
-from sgdlab.config import Config, load_config
+from sgdlab.config import Config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sgdlab"
 
@@ -23,10 +23,6 @@ def code_hash(*subpaths: str) -> str:
             h.update(str(f.relative_to(SRC)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
-
-
-def resolve(params_path: str | None, overrides: list[str] | tuple[str, ...]) -> Config:
-    return load_config(params_path, list(overrides or ()))
 
 
 def current_flow_run_id() -> str:

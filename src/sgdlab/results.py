@@ -1,8 +1,8 @@
 """The sweep's results table, ``runs.parquet``: one row per run key, written atomically.
 
 Columns are plain scalars (nested specs as JSON strings) so the table opens in pandas, DuckDB or
-Spark as is. Later phases add columns to existing rows by run key (:func:`merge_columns`), e.g. the
-Hessian probe's ``hessian/lambda_max``.
+Spark as is. Later phases write their own tables keyed by run key (``probe.parquet``,
+``predictions.parquet``); :func:`load_runs` joins them.
 """
 
 from __future__ import annotations
@@ -47,18 +47,6 @@ def read_table(path: Path | str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results table; run the sweep first (`sgdlab sweep`)")
     return pq.read_table(path).to_pylist()
-
-
-def merge_columns(path: Path | str, updates: dict[str, dict[str, Any]], key: str = "run_key") -> Path:
-    """Add or overwrite columns of existing rows, matched by ``key`` (rows not in ``updates`` keep theirs)."""
-    rows = read_table(path)
-    known = {r[key] for r in rows}
-    missing = set(updates) - known
-    if missing:
-        raise KeyError(f"{path}: no rows with {key} in {sorted(missing)[:5]}")
-    for r in rows:
-        r.update(updates.get(r[key], {}))
-    return write_table(rows, path)
 
 
 GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "steps", "train_fraction", "variant")
