@@ -38,4 +38,4 @@ serve: setup ## start a local Prefect server and serve the study on its schedule
 	sgdlab serve
 
 study-gan: setup ## the GAN-predictor study: >= 30 classifiers on Fashion-MNIST, every predictor scored (slow)
-	sgdlab run --profile population
+	sgdlab run --profile population --set study.name=population

@@ -74,9 +74,9 @@ def main() -> None:
         "import time, os\n"
         "from sgdlab.config import from_dict\n"
         "t0=time.perf_counter()\n"
-        "from flows.prepare import run_prepare\n"
+        "from flows.phases import run_phase\n"
         "cfg=from_dict({'study':{'name':'bench'},'data':{'root':os.environ['BENCH_DATA'],'datasets':['xor']}})\n"
-        "t1=time.perf_counter(); run_prepare(cfg); t2=time.perf_counter(); run_prepare(cfg); t3=time.perf_counter()\n"
+        "t1=time.perf_counter(); run_phase(cfg, 'prepare'); t2=time.perf_counter(); run_phase(cfg, 'prepare'); t3=time.perf_counter()\n"
         "print(t1-t0, t2-t1, t3-t2)\n"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,10 +29,3 @@ def make_task_runner(cfg: OrchestrationConfig):
                             "dashboard_address": None}
         )
     raise ValueError(f"orchestration.task_runner={cfg.task_runner!r}; allowed: thread, process, dask")
-
-
-def configured(flow_obj, cfg):
-    """``flow_obj`` with the configured task runner. Subflows need this too: a subflow called plainly gets
-    Prefect's default thread pool, which is unbounded, and 40 concurrent training tasks exhausted the
-    MLflow sqlite connection pool (measured: QueuePool limit of size 5 overflow 10 reached)."""
-    return flow_obj.with_options(task_runner=make_task_runner(cfg.orchestration))

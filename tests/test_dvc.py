@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import needs_fashion
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,3 +72,47 @@ def test_dvc_repro_prepare_runs_then_is_a_noop_and_push_pull_round_trip(tmp_path
     third = _run([BIN / "dvc", "repro", "prepare"], clone, env)
     assert "Running stage 'prepare'" in third.stdout
     assert (out / "xor" / "train.parquet").read_bytes() != before
+
+
+def _tiny_study(params: dict) -> dict:
+    """The whole study at toy size: 400 Fashion-MNIST images, 2 runs of 30 steps, a 3-step GAN."""
+    params["data"].update({"datasets": ["fashion_mnist"], "probe_size": 32,
+                           "fashion_mnist": {**params["data"]["fashion_mnist"], "train_size": 400, "test_size": 100}})
+    params["train"].update({"dataset": "fashion_mnist", "steps": 30, "log_every": 10, "eval_every": 0, "checkpoint_every": 0})
+    params["sweep"].update({"optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.01}], "seeds": [0],
+                            "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [8]}}]})
+    params["probe"].update({"subset_size": 32, "every": 0, "trace_probes": 2, "density_probes": 1, "lanczos_steps": 5})
+    params["gan"].update({"overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1}, "n_per_class": 8,
+                          "frechet_steps": 0})
+    params["predict"]["flatness"] = {"target": 0.1, "n_samples": 2, "n_iter": 3}
+    return params
+
+
+@needs_fashion
+def test_make_run_leaves_dvc_knowing_everything_then_a_profile_edit_is_seen(tmp_path, mlflow_store):
+    """`sgdlab run` on params.yaml as is, then `dvc status` is clean and `dvc repro` re-runs nothing; editing
+    `profile:` makes DVC see the stages it affects."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    _clone(clone)
+    params = _tiny_study(yaml.safe_load((clone / "params.yaml").read_text()))
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SGDLAB_"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", MLFLOW_TRACKING_URI=mlflow_store, GIT_AUTHOR_NAME="t", GIT_COMMITTER_NAME="t",
+               GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_EMAIL="t@example.com")
+    _run(["git", "init", "-q", "-b", "main"], clone, env)
+    _run(["git", "add", "-A"], clone, env)
+    _run(["git", "commit", "-q", "-m", "clone"], clone, env)
+
+    run = _run([BIN / "sgdlab", "run"], clone, env)
+    assert "dvc.lock: recorded prepare, sweep, probe, gan, predict, report" in run.stdout, run.stdout[-3000:]
+    status = _run([BIN / "dvc", "status"], clone, env)
+    assert "up to date" in status.stdout, status.stdout
+    again = _run([BIN / "dvc", "repro"], clone, env)
+    assert "Running stage" not in again.stdout, again.stdout
+
+    params["profile"] = "full"
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = _run([BIN / "dvc", "status"], clone, env).stdout
+    for stage in ("prepare", "sweep", "probe", "gan", "predict", "report"):
+        assert f"{stage}:" in changed, changed

@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
     seen = []
     res = train_gan(
         x, y, 3, GANConfig(**TINY), checkpoint_path=path,
-        metric_sink=lambda step, m: seen.append((step, m)),
+        metric_sink=lambda m, step: seen.append((step, m)),
     )
     return res, path, seen
 

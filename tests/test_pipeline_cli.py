@@ -19,7 +19,7 @@ def _project(tmp_path, mlflow_store, **over):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["study"]["name"] = "cli"
     params["data"].update({"datasets": ["xor"], "xor": {"n_train": 400, "n_test": 100}, "probe_size": 32})
-    params["train"].update({"dataset": "xor", "steps": 3000, "log_every": 100, "eval_every": 0, "checkpoint_every": 500})
+    params["train"].update({"dataset": "xor", "steps": 1200, "log_every": 100, "eval_every": 0, "checkpoint_every": 300})
     params["sweep"].update({"optimizers": [{"name": "sgd", "lr": [0.05, 0.1, 0.2, 0.4]}], "seeds": [0],
                             "models": [{"name": "mlp", "kwargs": {"widths": [256, 256]}}], "batch_sizes": [32]})
     params["orchestration"]["max_workers"] = 1  # one run at a time: the kill lands between runs

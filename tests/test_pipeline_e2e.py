@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from test_dvc import _clone, _run
 
@@ -31,6 +32,7 @@ def _merge(base, over):
     return base
 
 
+@pytest.mark.slow  # ~7 min on 2 cores (a Prefect API per stage); the default suite has test_dvc.py's small version
 def test_dvc_repro_runs_the_study_then_noop_then_partial_rerun(tmp_path, _mlflow_template):
     clone = tmp_path / "clone"
     clone.mkdir()

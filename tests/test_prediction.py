@@ -18,21 +18,22 @@ def _poisoned_dataset(root, n_train=200, n_test=20):
     write_dataset(ds, root / "processed" / "fashion_mnist", "0")
 
 
-def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store):
-    from sgdlab import tracking
-    from tasks.gan import gan_task
+def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store, monkeypatch):
+    from sgdlab.config import from_dict
+    from sgdlab.phases import run_local
 
-    _poisoned_dataset(tmp_path)
-    data = {"name": "fashion_mnist", "root": str(tmp_path), "val_fraction": 0.25, "probe_size": 10, "split_seed": 0}
-    gan = {"profile": "cpu", "overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1}, "n_per_class": 4,
-           "seed": 0, "frechet_steps": 3}
-    run = tracking.start_run(tracking.ensure_experiment("gan-test"), "gan", tracking.lineage_tags("gan-test"))
-    out = gan_task.fn(data, "cpu", gan, str(tmp_path / "gan"), run)
-    x, y, meta = load_synthetic(out["synthetic"], meta_hash := _hash(tmp_path))
+    monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
+    _poisoned_dataset(tmp_path / "data")
+    cfg = from_dict({"study": {"name": "gan-test", "device": "cpu"},
+                     "data": {"val_fraction": 0.25, "probe_size": 10},
+                     "gan": {"profile": "cpu", "overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1},
+                             "n_per_class": 4, "seed": 0, "frechet_steps": 3}})
+    out = run_local(cfg, "gan")
+    x, y, meta = load_synthetic(out["synthetic"], meta_hash := _hash(tmp_path / "data"))
     assert torch.isfinite(x).all() and x.shape == (40, 1, 28, 28) and sorted(set(y.tolist())) == list(range(10))
     assert np.isfinite(out["frechet_synthetic_vs_val"]) and np.isfinite(out["frechet_train_vs_val"])
     assert meta["data_hash"] == meta_hash and meta["generator_hash"] == out["generator_hash"]
-    again = gan_task.fn(data, "cpu", gan, str(tmp_path / "gan"), run)  # same config and data: reused
+    again = run_local(cfg, "gan")  # same config and data: reused
     assert again["trained"] is False and again["generator_hash"] == out["generator_hash"]
 
 

@@ -24,9 +24,9 @@ def _prepare_children(name):
 
 
 def test_prepare_flow_writes_parquet_logs_lineage_and_caches(prefect_harness, mlflow_store, cfg, tmp_path):
-    from flows.prepare import run_prepare
+    from flows.phases import run_phase
 
-    results = run_prepare(cfg)
+    results = run_phase(cfg, "prepare")["datasets"]
     assert {r["name"] for r in results} == {"xor", "separable"}
     for r in results:
         assert Path(r["train_path"]).is_file() and Path(r["test_path"]).is_file()
@@ -49,15 +49,19 @@ def test_prepare_flow_writes_parquet_logs_lineage_and_caches(prefect_harness, ml
     assert child.data.metrics["data/n_train"] == 64
 
     # Second run: a cache hit -- no new child run is created, a new parent run is.
-    again = run_prepare(cfg)
+    again = run_phase(cfg, "prepare")["datasets"]
     assert [r["data_hash"] for r in again] == [r["data_hash"] for r in results]
     assert len(_prepare_children("prepare-xor")) == 1
     assert len([r for r in tracking.find_runs("prep-test") if r.info.run_name == "prepare"]) == 2
 
-    # Deleted outputs behind a cache hit are rebuilt.
+    # Deleted, truncated or different outputs are rebuilt (no stale cache hit).
     Path(results[0]["train_path"]).unlink()
-    run_prepare(cfg)
+    run_phase(cfg, "prepare")
     assert Path(results[0]["train_path"]).is_file()
+    p = Path(results[0]["train_path"])
+    p.write_bytes(p.read_bytes()[:200])
+    rebuilt = run_phase(cfg, "prepare")["datasets"]
+    assert rebuilt[0]["rebuilt"] and rebuilt[0]["data_hash"] == results[0]["data_hash"]
 
 
 def test_task_runner_factory_kinds():

@@ -8,8 +8,7 @@ from sgdlab.config import from_dict
 
 def test_probe_during_training_and_on_checkpoints(prefect_harness, mlflow_store, tmp_path, monkeypatch):
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
-    from flows.probe import run_probe
-    from flows.sweep import run_sweep
+    from flows.phases import run_phase
 
     cfg = from_dict({
         "study": {"name": "probe-test"},
@@ -20,14 +19,14 @@ def test_probe_during_training_and_on_checkpoints(prefect_harness, mlflow_store,
                   "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [8], "activation": "tanh"}}]},
         "probe": {"subset_size": 64, "every": 20, "trace_probes": 4, "density_probes": 1, "lanczos_steps": 10},
     })
-    swept = run_sweep(cfg)
+    swept = run_phase(cfg, "sweep")
     sgd_row = next(r for r in swept["rows"] if r["optimizer"] == "sgd")
     history = dict(tracking.iter_metric_history(sgd_row["mlflow_run_id"], "hessian/lambda_max"))
     assert sorted(history) == [20, 40] and all(v > 0 for v in history.values())
     thr = dict(tracking.iter_metric_history(sgd_row["mlflow_run_id"], "hessian/threshold"))
     assert abs(thr[20] - 2 / 0.2) < 1e-9  # 2/eta for SGD
 
-    out = run_probe(cfg)
+    out = run_phase(cfg, "probe")
     assert out["probed"] == 2
     table = {r["optimizer"]: r for r in results.load_runs(tmp_path / "results" / "probe-test")}
     assert table["sgd"]["hessian/lambda_max"] > 0 and table["sgd"]["hessian/trace_stderr"] >= 0
@@ -38,5 +37,5 @@ def test_probe_during_training_and_on_checkpoints(prefect_harness, mlflow_store,
     dens = json.loads((tmp_path / "results" / "probe-test" / "densities.json").read_text())
     assert set(dens) == {table["sgd"]["run_key"], table["adam"]["run_key"]}
 
-    again = run_probe(cfg)  # same checkpoints, same settings: cached, same numbers
+    again = run_phase(cfg, "probe")  # same checkpoints, same settings: cached, same numbers
     assert again["metrics"] == out["metrics"]

@@ -7,7 +7,12 @@ import pytest
 
 from sgdlab import results, tracking
 from sgdlab.config import from_dict
+from sgdlab.data import DataSpec
 from sgdlab.sweep import SweepError, expand
+
+
+def _data(h="h"):
+    return DataSpec("xor", h * 64, 0.1, 0, 50)
 
 BASE = {
     "study": {"name": "sweep-test"},
@@ -31,7 +36,7 @@ def _cfg(tmp_path=None, **sections):
 
 def test_expand_grid_keys_and_variants():
     cfg = _cfg(sweep={"variants": [{"rule": "linear", "factor": 2}, {"rule": "sqrt", "factor": 4}]})
-    specs = expand(cfg, "h" * 64, n_train=180)
+    specs = expand(cfg, _data(), n_train=180)
     base = [s for s in specs if s.variant == "base"]
     assert len(base) == 4 * 2  # (sgd, momentum x2 lrs, adam) x 2 seeds
     lin = [s for s in specs if s.variant == "linearx2"]
@@ -41,8 +46,8 @@ def test_expand_grid_keys_and_variants():
     assert sq[0].hparams["betas"] == pytest.approx((0.6, 0.996)) and sq[0].base_key in {s.key for s in base}
     keys = [s.key for s in specs]
     assert len(set(keys)) == len(keys)
-    assert [s.key for s in expand(cfg, "h" * 64, 180)] == keys  # stable
-    assert expand(cfg, "g" * 64, 180)[0].key != keys[0]  # the data hash is part of the key
+    assert [s.key for s in expand(cfg, _data(), 180)] == keys  # stable
+    assert expand(cfg, _data("g"), 180)[0].key != keys[0]  # the data hash is part of the key
 
 
 @pytest.mark.parametrize("sweep, match", [
@@ -55,11 +60,11 @@ def test_expand_grid_keys_and_variants():
 ])
 def test_bad_sweeps_fail_before_training(sweep, match):
     with pytest.raises(SweepError, match=match):
-        expand(_cfg(sweep=sweep), "h" * 64, n_train=180)
+        expand(_cfg(sweep=sweep), _data(), n_train=180)
 
 
 @pytest.mark.parametrize("sweep, match", [
-    ({"optimizers": [{"name": "sgd", "lr": -0.1}]}, r"sweep\.optimizers\.0\.lr.*must be > 0"),
+    ({"optimizers": [{"name": "sgd", "lr": -0.1}]}, r"sweep\.optimizers\.0\.lr.*finite number > 0"),
     ({"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"lr": 0.2}}]}, r"put the learning rate in `lr`"),
     ({"seeds": []}, r"sweep\.seeds.*at least one"),
 ])
@@ -76,10 +81,10 @@ def _children(exp="sweep-test"):
 
 def test_sweep_end_to_end_divergence_and_rerun(prefect_harness, mlflow_store, tmp_path, monkeypatch):
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
-    from flows.sweep import run_sweep
+    from flows.phases import run_phase
 
     cfg = _cfg(tmp_path)
-    out = run_sweep(cfg)
+    out = run_phase(cfg, "sweep")
     rows = out["rows"]
     assert len(rows) == 8
     by = {(r["optimizer"], r["lr"]): r for r in rows if r["seed"] == 0}
@@ -101,7 +106,7 @@ def test_sweep_end_to_end_divergence_and_rerun(prefect_harness, mlflow_store, tm
     for tag in tracking.LINEAGE_TAGS:
         assert finished.data.tags[tag] not in ("", "none"), tag
 
-    again = run_sweep(cfg)  # every key is finished: nothing trains, no new MLflow child runs
+    again = run_phase(cfg, "sweep")  # every key is finished: nothing trains, no new MLflow child runs
     assert all(r["cached"] for r in again["rows"])
     assert len(_children()) == 8
 
@@ -109,17 +114,15 @@ def test_sweep_end_to_end_divergence_and_rerun(prefect_harness, mlflow_store, tm
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, mlflow_store, monkeypatch):
     """A run killed mid-way resumes from its checkpoint and ends where a straight run ends."""
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
-    from sgdlab.config import DataConfig
-    from sgdlab.data import prepare_dataset
     from sgdlab.runner import execute_run
+    from sgdlab.study import Study
 
     cfg = _cfg(tmp_path)
-    prep = prepare_dataset("xor", DataConfig(**BASE["data"]), tmp_path / "data")
-    spec = [s for s in expand(cfg, prep.data_hash, 180) if s.optimizer == "adam"][0]
+    study = Study(cfg)
+    spec = [s for s in expand(cfg, study.data_spec(prepare=True), 180) if s.optimizer == "adam"][0]
     exp = tracking.ensure_experiment("sweep-test")
     parent = tracking.start_run(exp, "sweep", tracking.lineage_tags("sweep-test"))
-    ctx = {"experiment_id": exp, "parent_run_id": parent, "tags": tracking.lineage_tags("sweep-test"), "study": "sweep-test"}
-    data = {"name": "xor", "root": str(tmp_path / "data"), "val_fraction": 0.1, "probe_size": 50, "split_seed": 0}
+    ctx = {"experiment_id": exp, "parent_run_id": parent, "tags": tracking.lineage_tags("sweep-test")}
 
     class Interrupt(Exception):
         pass
@@ -130,23 +133,24 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mlflow_store, monk
                 raise Interrupt("simulated kill at step 30")
         return hook
 
-    run_dir = tmp_path / "models" / spec.key
+    run_dir = study.run_dir(spec.key)
     with pytest.raises(Interrupt):
-        execute_run(spec, run_dir, data, ctx, "cpu", on_step_factory=killer)
+        execute_run(study, spec, ctx, on_step_factory=killer)
     assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "result.json").exists()
-    resumed = execute_run(spec, run_dir, data, ctx, "cpu")
+    resumed = execute_run(study, spec, ctx)
     assert resumed["resumed_from"] == 20 and resumed["status"] == "finished"
-    straight = execute_run(spec, tmp_path / "straight", data, ctx, "cpu")
+    assert resumed["checkpoint"] == f"{spec.key}/checkpoint.pt"  # relative to the study's models dir
+    straight = execute_run(Study(_cfg(tmp_path, study={"models_dir": "straight"})), spec, ctx)
     assert resumed["test/loss"] == straight["test/loss"] and resumed["train/loss"] == straight["train/loss"]
     assert resumed["mlflow_run_id"] == Path(run_dir / "mlflow_run_id").read_text()
 
 
 def test_sweep_on_a_dask_local_cluster(prefect_harness, mlflow_store, tmp_path, monkeypatch):
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
-    from flows.sweep import run_sweep
+    from flows.phases import run_phase
 
     cfg = _cfg(tmp_path, orchestration={"task_runner": "dask", "max_workers": 2},
                sweep={"optimizers": [{"name": "sgd", "lr": 0.1}], "seeds": [0, 1]})
-    out = run_sweep(cfg)
+    out = run_phase(cfg, "sweep")
     assert [r["status"] for r in out["rows"]] == ["finished", "finished"]
     assert len(_children()) == 2

@@ -28,14 +28,39 @@ ParamsOpt = typer.Option(None, "--params", "-p", help="params file (default: ./p
 SetOpt = typer.Option(None, "--set", "-s", help="override a setting, e.g. --set data.probe_size=512 (repeatable)")
 
 
-def _config(params: Optional[Path], overrides: Optional[list[str]]):
+def _config(params: Optional[Path], overrides: Optional[list[str]], profile: Optional[str] = None):
+    """Load and validate the config (everything knowable before compute; exit 2 with the key named).
+
+    ``--params other/params.yaml`` makes that file's folder the project root (``SGDLAB_HOME``), so its
+    study's data, checkpoints, results and MLflow store live beside it, not in the current directory."""
     from sgdlab.config import ConfigError, load_config
 
+    if params is not None:
+        os.environ["SGDLAB_HOME"] = str(Path(params).resolve().parent)
     try:
-        return load_config(params, overrides or [])
-    except ConfigError as exc:
+        cfg = load_config(params, overrides or [], profile)
+        from sgdlab.validate import validate_config
+
+        validate_config(cfg)
+        return cfg
+    except (ConfigError, ValueError) as exc:
         typer.secho(f"config error:\n{exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+
+
+def _phase(cfg, name: str, **options) -> dict:
+    """Run one phase (with the configured task runner); known errors print without a traceback."""
+    from sgdlab.data import DataFileError, SourceError
+    from sgdlab.phases import get_phase
+
+    try:
+        phase = get_phase(name)
+        phase.plan(phase.study(cfg), **options)  # missing inputs fail here, before Prefect starts (~10-30 s)
+        from flows.phases import run_phase
+
+        return run_phase(cfg, name, **options)
+    except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
 
 
 def _fail(exc: Exception) -> None:
@@ -59,13 +84,7 @@ def prepare(
 ) -> None:
     """Prepare datasets: read/generate them offline and write data/processed/<name>/{train,test}.parquet."""
     cfg = _config(params, set_)
-    from flows.prepare import run_prepare
-    from sgdlab.data import DataFileError, SourceError
-
-    try:
-        run_prepare(cfg, list(dataset) if dataset else None)
-    except (SourceError, DataFileError, ValueError) as exc:
-        _fail(exc)
+    _phase(cfg, "prepare", datasets=list(dataset) if dataset else None)
 
 
 def _print_summary(out: dict) -> None:
@@ -90,13 +109,7 @@ def sweep(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt
     variants. Finished runs are skipped, interrupted ones resume; results go to results/<study>/runs.parquet
     and to one MLflow child run per training run."""
     cfg = _config(params, set_)
-    from flows.sweep import run_sweep
-    from sgdlab.data import DataFileError, SourceError
-
-    try:
-        out = run_sweep(cfg)
-    except (SourceError, DataFileError, ValueError) as exc:
-        _fail(exc)
+    out = _phase(cfg, "sweep")
     _print_summary(out)
     typer.echo(f"results: {out['runs_table']}")
 
@@ -105,17 +118,13 @@ def sweep(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt
 def probe(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Probe the Hessian of every finished run of the sweep at its final checkpoint: top-k eigenvalues
     (lambda_max), trace, the stability threshold (2/lr for SGD), Adam's preconditioned sharpness, optionally
-    the spectral density. Adds hessian/* columns to runs.parquet and metrics to each MLflow run."""
+    the spectral density, into results/<study>/probe.parquet (joined onto runs.parquet by run key for
+    analysis), and final/hessian/* metrics into each run's MLflow run."""
     cfg = _config(params, set_)
     from rich.console import Console
     from rich.table import Table
 
-    from flows.probe import run_probe
-
-    try:
-        out = run_probe(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    out = _phase(cfg, "probe")
     table = Table(title=f"Hessian at the final checkpoints ({out['probed']} runs)")
     for col in ("run", "lambda_max", "threshold", "trace ± stderr"):
         table.add_column(col)
@@ -136,12 +145,7 @@ def gan_train(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = Se
     """Train the GAN on the training part of train.dataset (reused when config and data are unchanged) and
     sample the labelled synthetic set (gan.n_per_class per class) to results/<study>/gan/synthetic.parquet."""
     cfg = _config(params, set_)
-    from flows.generalization import gan_flow
-
-    try:
-        out = gan_flow(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    out = _phase(cfg, "gan")
     fd = out.get("frechet_synthetic_vs_val")
     typer.echo(f"synthetic set: {out['synthetic']}  (generator {out['generator_hash'][:12]}, "
                f"{'trained' if out['trained'] else 'reused'}"
@@ -156,19 +160,17 @@ def gan_sample(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = S
     cfg = _config(params, set_)
     import json
 
-    from flows.generalization import gan_flow
-    from flows.sweep import study_dirs
+    from sgdlab.phases.gan import gan_config
+    from sgdlab.study import Study
 
-    meta = study_dirs(cfg)[1] / "gan" / "gan.json"
-    if not meta.is_file() or not (meta.parent / "generator.pt").is_file():
-        _fail(FileNotFoundError(f"{meta.parent / 'generator.pt'}: no trained GAN; run `sgdlab gan train` first"))
-    from sgdlab.gan import GANConfig
-
-    want = GANConfig.profile(cfg.gan.profile, **{**cfg.gan.overrides, "seed": cfg.gan.seed, "device": cfg.study.device})
-    if json.loads(meta.read_text()).get("config") != want.to_dict():
+    study = Study(cfg)
+    meta, generator = study.path("gan", "meta"), study.path("gan", "generator")
+    if not meta.is_file() or not generator.is_file():
+        _fail(FileNotFoundError(f"{generator}: no trained GAN; run `sgdlab gan train` first"))
+    if json.loads(meta.read_text()).get("config") != gan_config(study).to_dict():
         _fail(ValueError(f"{meta}: the trained GAN has another config than params.yaml's gan section; "
                          "run `sgdlab gan train`"))
-    out = gan_flow(cfg)
+    out = _phase(cfg, "gan")
     typer.echo(f"synthetic set: {out['synthetic']}")
 
 
@@ -181,12 +183,7 @@ def predict(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetO
     from rich.console import Console
     from rich.table import Table
 
-    from flows.generalization import predict_flow
-
-    try:
-        out = predict_flow(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    out = _phase(cfg, "predict")
     table = Table(title=f"predictors over {out['n_models']} classifiers")
     for col in ("predictor", "kind", "MAE (pp)", "Kendall tau", "Psi", "PGDL"):
         table.add_column(col)
@@ -230,22 +227,19 @@ def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
         profile: Optional[str] = typer.Option(None, help="a profile of params.yaml (quick, full, ...)"),
         phase: Optional[list[str]] = typer.Option(None, "--phase", help="run only these phases (repeatable)")) -> None:
     """Run the study pipeline on the embedded defaults (no server needed): prepare -> sweep (with in-training
-    Hessian probes) -> probe checkpoints -> report. One Prefect flow run, one MLflow parent run."""
-    from sgdlab.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(params, set_ or [], profile)
-    except ConfigError as exc:
-        typer.secho(f"config error:\n{exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    from flows.pipeline import PHASES, run_pipeline
-    from sgdlab import tracking
-    from sgdlab.data import DataFileError, SourceError
+    Hessian probes) -> probe checkpoints -> gan -> predict -> report. One Prefect flow run, one MLflow
+    parent run. When the run used params.yaml as it is (no --set, --profile or --params), each phase that
+    finished is recorded in dvc.lock, so `dvc repro` afterwards re-runs nothing."""
+    cfg = _config(params, set_, profile)
+    from sgdlab.phases import PHASES
 
     phases = list(phase) if phase else list(PHASES)
     unknown = [p for p in phases if p not in PHASES]
     if unknown:  # before any compute or server start
         _fail(ValueError(f"unknown phase(s) {unknown}; phases are: {', '.join(PHASES)}"))
+    from flows.pipeline import run_pipeline
+    from sgdlab import tracking
+    from sgdlab.data import DataFileError, SourceError
     typer.echo(f"sgdlab run: study {cfg.study.name!r} (profile {cfg.profile}); phases: {', '.join(phases)}")
     try:
         out = run_pipeline(cfg, phases)
@@ -257,21 +251,55 @@ def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     typer.echo(f"done in {sum(out['timings_s'].values()):.0f} s ({timings})")
     if "report" in out["phases"]:
         typer.echo(f"report: {out['phases']['report']['html']}")
-    typer.echo(f"MLflow: {tracking.tracking_uri()}  ->  open the UI with `.venv/bin/sgdlab ui` "
-               f"(http://127.0.0.1:5000), experiment {cfg.experiment_name!r}")
+    if not set_ and params is None and profile is None:  # the run is what dvc.yaml describes
+        _record_in_dvc(phases)
+    typer.echo(f"MLflow: {tracking.tracking_uri()}  ->  start the UI with `.venv/bin/sgdlab ui`, then open "
+               f"{tracking.runs_url(out['experiment_id'])}  (the runs of experiment {cfg.experiment_name!r})")
+
+
+def _record_in_dvc(phases: list[str]) -> None:
+    """Record the phases that ran in dvc.lock (their deps, params and outs as they are now)."""
+    from sgdlab.dvcsync import is_dvc_repo, record_stages
+    from sgdlab.paths import project_root
+
+    root = project_root()
+    if not is_dvc_repo(root):
+        return
+    res = record_stages(root, phases)
+    if res.recorded:
+        typer.echo(f"dvc.lock: recorded {', '.join(res.recorded)} (`dvc repro` re-runs nothing until something changes)")
+    for name, why in {**res.skipped, **res.failed}.items():
+        typer.echo(f"dvc.lock: did not record {name}: {why}")
 
 
 @app.command()
 def report(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt) -> None:
     """Build the study report (PNG figures + one self-contained HTML page) from the phase tables and MLflow."""
     cfg = _config(params, set_)
-    from flows.report import run_report
-
-    try:
-        out = run_report(cfg)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(exc)
+    out = _phase(cfg, "report")
     typer.echo(f"report: {out['html']}")
+
+
+@app.command("dvc-yaml")
+def dvc_yaml(write: bool = typer.Option(False, "--write", help="regenerate dvc.yaml from the phase registry"),
+             check: bool = typer.Option(False, "--check", help="fail if dvc.yaml differs from the generated one")) -> None:
+    """Print dvc.yaml as generated from the phase registry (deps = each phase's import closure, params = the
+    sections it reads, outs = the Study's output table); --check compares, --write rewrites the file."""
+    from sgdlab.paths import project_root
+    from sgdlab.phases import dvc
+
+    text = dvc.generate()
+    path = project_root() / "dvc.yaml"
+    if write:
+        path.write_text(text)
+        typer.echo(f"wrote {path}")
+    elif check:
+        problems = dvc.check(path)
+        if problems:
+            _fail(ValueError(f"{path} is out of date (`sgdlab dvc-yaml --write`):\n" + "\n".join(problems)))
+        typer.echo(f"{path}: in sync with the phase registry")
+    else:
+        typer.echo(text, nl=False)
 
 
 @app.command()
@@ -305,11 +333,10 @@ def ui(
     port: int = typer.Option(5000, help="port"),
 ) -> None:
     """Start the MLflow UI on this project's store (Ctrl-C to stop)."""
-    from sgdlab import tracking
+    from sgdlab.ui import run_ui
 
-    cmd = tracking.ui_command(host, port)
-    typer.echo(f"MLflow UI on http://{host}:{port}  (store: {tracking.tracking_uri()})")
-    os.execv(cmd[0], cmd)
+    # not os.execv(mlflow ui): its huey job consumers outlive a SIGTERM; run_ui stops the whole tree
+    raise typer.Exit(run_ui(host, port))
 
 
 def main() -> None:  # pragma: no cover - console entry point

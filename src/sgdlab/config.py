@@ -13,6 +13,7 @@ YAML scalars/lists, so ``--set data.datasets=[mnist1d]`` works.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,11 +33,16 @@ class _Frozen(BaseModel):
 
 # --------------------------------------------------------------------------------------------- study
 class StudyConfig(_Frozen):
-    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # a folder name: letters, digits, '_', '-', '.' but not starting with '.' (so never '.' or '..')
+    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     models_dir: str = "models"  # checkpoints: <models_dir>/<study>/<run_key>/
     results_dir: str = "results"  # tables and reports: <results_dir>/<study>/
+    # models_dir, results_dir and data.root must lie inside the project (the folder of params.yaml) unless
+    # this is true: DVC only versions what is inside the repository, and a copied project must not write
+    # into (or read from) the original's folders.
+    allow_outside_project: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -129,15 +135,27 @@ class ModelConfig(_Frozen):
 
 
 class ScheduleConfig(_Frozen):
-    kind: Literal["constant", "step", "cosine", "warmup_cosine", "warmup_constant"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    step_size: int = Field(1000, gt=0)
-    gamma: float = Field(0.1, gt=0.0)
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    """The lr schedule of every run. The limits are the training loop's own (:class:`sgdlab.train.Schedule`
+    validates; this model only types the fields), so what loads here is what trains."""
+
+    kind: str = "constant"  # sgdlab.schedules.KINDS
+    warmup_steps: int = 0
+    step_size: int = 1000
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+
+    @model_validator(mode="after")
+    def _loop_accepts(self) -> ScheduleConfig:
+        from sgdlab.schedules import Schedule  # pure Python: no torch import
+
+        Schedule(**self.model_dump())  # ValueError names the field and its allowed range
+        return self
 
 
 class TrainConfig(_Frozen):
-    """One training run's loop settings (the sweep varies optimizer, lr, batch size, seed and model)."""
+    """One training run's loop settings (the sweep varies optimizer, lr, batch size, seed and model). The
+    sweep builds each run's :class:`sgdlab.train.LoopConfig` from these at load (``sgdlab.study``), so a
+    value the loop refuses is refused before any compute."""
 
     dataset: str = "fashion_mnist"
     steps: int = Field(500, gt=0)
@@ -169,8 +187,8 @@ class OptimizerEntry(_Frozen):
     @classmethod
     def _positive(cls, v):
         for lr in (v if isinstance(v, tuple) else (v,)):
-            if not lr > 0:
-                raise ValueError(f"learning rate must be > 0, got {lr}")
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"learning rate must be a finite number > 0, got {lr}")
         return v
 
     @field_validator("hparams")
@@ -333,6 +351,25 @@ class Config(_Frozen):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.study.name
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_keep_paths(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # dvc.yaml's outs are templated from params.yaml's base sections (${study.results_dir}/${study.name});
+        # a profile that moved them would make the code write where DVC does not look.
+        for name, over in v.items():
+            if not isinstance(over, dict):
+                raise ValueError(f"profiles.{name} must be a mapping of section overrides")
+            for section, key in PATH_KEYS:
+                if isinstance(over.get(section), dict) and key in over[section]:
+                    raise ValueError(f"profiles.{name}.{section}.{key}: a profile cannot move the study's outputs "
+                                     f"(dvc.yaml declares them from params.yaml's {section}.{key}); set it in the "
+                                     f"base section or with --set {section}.{key}=...")
+        return v
+
+
+# Settings that decide where outputs go: set in params.yaml's base sections (or --set), never in a profile.
+PATH_KEYS = (("study", "name"), ("study", "models_dir"), ("study", "results_dir"), ("data", "root"))
 
 
 # ------------------------------------------------------------------------------------------- loading

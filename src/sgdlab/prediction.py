@@ -41,14 +41,16 @@ def data_range(splits) -> tuple[float, float]:
     return ((0.0 - norm["mean"]) / norm["std"], (1.0 - norm["mean"]) / norm["std"])
 
 
-def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg, out_dir: Path | str, *,
+def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg, paths: dict[str, Path], *,
                      n_per_class: int, seed: int, x_ref=None, y_ref=None, range_: tuple[float, float] = (0.0, 1.0),
                      frechet_steps: int = 400, class_names: list[str] | None = None,
                      metric_sink: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
-    ``x_ref, y_ref``: held-out *training-distribution* data for the Frechet distance (the validation part);
-    never the test split. Reuses ``generator.pt`` when it exists with the same config and data hash.
+    ``paths``: where to write (``generator``, ``synthetic``, ``samples``, ``meta``: the gan phase's outputs
+    in the Study's table). ``x_ref, y_ref``: held-out *training-distribution* data for the Frechet distance
+    (the validation part); never the test split. Reuses the generator when it exists with the same config
+    and data hash.
     Returns a dict of paths and figures (small; safe to pass between tasks)."""
     from sgdlab.data.parquet import write_split
     from sgdlab.gan import (
@@ -61,9 +63,9 @@ def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg
     )
     from sgdlab.gan.frechet import class_conditional_frechet, train_feature_net
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt, meta_path = out / "generator.pt", out / "gan.json"
+    ckpt, meta_path = Path(paths["generator"]), Path(paths["meta"])
+    for p in paths.values():
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     want = {"config": gan_cfg.to_dict(), "data_hash": data_hash}
     if ckpt.is_file() and all(meta.get(k) == v for k, v in want.items()):
@@ -77,12 +79,12 @@ def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg
     g_hash = generator_hash(res.generator)
     x_syn, y_syn = sample_synthetic(res.generator, num_classes, n_per_class, seed, device=x_train.device)
     common = {"dataset": "synthetic", "task": "classification", "num_classes": num_classes,
-              "source": f"class-conditional GAN {ckpt}", "generator_hash": g_hash, "data_hash": data_hash,
+              "source": f"class-conditional GAN {ckpt.name}", "generator_hash": g_hash, "data_hash": data_hash,
               "n_per_class": n_per_class, "seed": seed, "gan_config": gan_cfg.to_dict()}
-    syn_path = out / "synthetic.parquet"
+    syn_path = Path(paths["synthetic"])
     write_split(syn_path, x_syn.float().cpu().numpy(), y_syn.cpu().numpy().astype(np.int64), {**common, "split": "synthetic"})
     names = list(class_names) if class_names and len(class_names) == num_classes else None
-    grid = sample_grid_png(res.generator, out / "samples.png", n_per_class=8, seed=seed, class_names=names)
+    grid = sample_grid_png(res.generator, Path(paths["samples"]), n_per_class=8, seed=seed, class_names=names)
     fd = {}
     counts = np.bincount(y_ref.cpu().numpy(), minlength=num_classes) if y_ref is not None else np.zeros(1)
     if frechet_steps and counts.min() < 2:

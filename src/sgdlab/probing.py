@@ -26,10 +26,10 @@ def _loss(task: str):
     return functools.partial(loss_fn, task)
 
 
-def sharpness_hook_factory(probe: dict[str, Any]):
+def sharpness_hook_factory(probe: dict[str, Any] | None):
     """``on_step_factory`` for :func:`sgdlab.runner.execute_run`: a SharpnessProbe every ``probe['every']``
     steps (None when ``every`` is 0)."""
-    if not probe.get("every"):
+    if not probe or not probe.get("every"):
         return None
 
     def factory(splits, spec: RunSpec):

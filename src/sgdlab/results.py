@@ -41,6 +41,12 @@ def write_table(rows: Iterable[dict[str, Any]], path: Path | str) -> Path:
     return path
 
 
+def read_result(run_dir: Path | str) -> dict | None:
+    """A run's ``result.json`` (its row and spec; written last, atomically, by the runner) or None."""
+    p = Path(run_dir) / "result.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 def read_table(path: Path | str) -> list[dict[str, Any]]:
     """Rows of a table written by :func:`write_table`; a missing file names itself."""
     path = Path(path)
@@ -77,16 +83,18 @@ def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict
 # Each phase owns its table (a DVC stage must not rewrite another stage's output, or DVC would see the
 # earlier stage as changed): runs.parquet (sweep), probe.parquet (Hessian probe), predictions.parquet
 # (generalization predictors). load_runs joins them by run key for analysis and reports.
-PHASE_TABLES = ("probe.parquet", "predictions.parquet")
+PHASE_TABLES = ("probe.probe", "predict.predictions")  # outputs of sgdlab.study.OUTPUTS
 
 
 def load_runs(results_dir: Path | str) -> list[dict[str, Any]]:
     """``runs.parquet`` with the columns of the later phases' tables (joined by ``run_key``) when present."""
-    results_dir = Path(results_dir)
-    rows = read_table(results_dir / "runs.parquet")
+    from sgdlab.study import result_paths
+
+    paths = result_paths(results_dir)
+    rows = read_table(paths["sweep.runs"])
     by_key = {r["run_key"]: r for r in rows}
     for name in PHASE_TABLES:
-        p = results_dir / name
+        p = paths[name]
         if p.is_file():
             for extra in read_table(p):
                 if extra["run_key"] in by_key:

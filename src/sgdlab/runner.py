@@ -12,40 +12,24 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sgdlab.results import read_result
+from sgdlab.study import Study
 from sgdlab.sweep import RunSpec
-
-_cache_lock = threading.Lock()
-_splits_cache: dict[tuple, Any] = {}
-
-
-def load_cached(name: str, root: str, device: str, val_fraction: float, probe_size: int, split_seed: int):
-    """``load_splits`` memoised per process (runs of a sweep share the dataset on the device)."""
-    from sgdlab.data import load_splits
-
-    train_file = Path(root) / "processed" / name / "train.parquet"
-    stamp = train_file.stat().st_mtime_ns if train_file.exists() else 0
-    key = (name, str(root), str(device), val_fraction, probe_size, split_seed, stamp)
-    with _cache_lock:
-        if key not in _splits_cache:
-            if len(_splits_cache) >= 2:
-                _splits_cache.pop(next(iter(_splits_cache)))
-            _splits_cache[key] = load_splits(name, root, device, val_fraction, probe_size, split_seed)
-        return _splits_cache[key]
 
 
 def train_subset(splits, fraction: float, seed: int):
-    """The training tensors of a run: all of the training part, or a seeded subset of ``fraction`` of it
-    (population studies vary the amount of data to spread test errors)."""
-    if fraction >= 1.0:
-        return splits.x_train, splits.y_train
-    import torch
+    """The training tensors of a run: all of the training part, or the seeded subset of ``fraction`` of it
+    (:func:`sgdlab.data.train_subset_indices`; population studies vary the amount of data)."""
+    from sgdlab.data import train_subset_indices
 
-    n = int(len(splits.x_train) * fraction)
-    idx = torch.randperm(len(splits.x_train), generator=torch.Generator().manual_seed(10_000 + seed))[:n]
-    idx = idx.sort().values.to(splits.x_train.device)
+    idx = train_subset_indices(len(splits.x_train), fraction, seed)
+    if idx is None:
+        return splits.x_train, splits.y_train
+    idx = idx.to(splits.x_train.device)
     return splits.x_train[idx], splits.y_train[idx]
 
 
@@ -55,38 +39,30 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_result(run_dir: Path | str) -> dict | None:
-    p = Path(run_dir) / "result.json"
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
 def execute_run(
+    study: Study,
     spec: RunSpec,
-    run_dir: Path | str,
-    data: dict[str, Any],
     tracking_ctx: dict[str, Any],
-    device: str = "auto",
     on_step_factory: Callable[[Any, RunSpec], Callable | None] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train ``spec`` (or return its stored result); returns the runs-table row.
+    """Train ``spec`` in ``study.run_dir(spec.key)`` (or return its stored result); returns the runs-table row.
 
-    ``data``: kwargs for :func:`load_cached` minus ``device``. ``tracking_ctx``: ``experiment_id``,
-    ``parent_run_id``, ``tags`` (lineage), ``study``. ``on_step_factory(splits, spec)`` may return an
-    ``on_step`` hook (the Hessian probe).
+    The data is ``spec.data``, loaded through the study and verified against the key's data hash.
+    ``tracking_ctx``: ``experiment_id``, ``parent_run_id``, ``tags`` (lineage). ``on_step_factory(splits,
+    spec)`` may return an ``on_step`` hook (the Hessian probe).
     """
     from sgdlab import tracking
 
-    run_dir = Path(run_dir)
+    run_dir = study.run_dir(spec.key)
     done = read_result(run_dir)
     if done is not None:
         return {**done, "cached": True}
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     from sgdlab.models import build_model, param_count
     from sgdlab.train import DataTensors, LoopConfig, evaluate, train
 
-    splits = load_cached(device=device, **data)
+    splits = study.load(replace(spec.data, train_fraction=1.0))  # verified against the key's data hash
+    run_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=spec.seed,
                         device=splits.x_train.device, **spec.model_kwargs)
     cfg = LoopConfig(steps=spec.steps, batch_size=spec.batch_size, seed=spec.seed, device=str(splits.x_train.device),
@@ -102,7 +78,8 @@ def execute_run(
                 "data_hash": spec.data_hash, "phase": "sweep"}
         run_id = tracking.start_run(tracking_ctx["experiment_id"], spec.label, tags,
                                     parent_run_id=tracking_ctx["parent_run_id"], params=params)
-        tracking.log_dataset(run_id, spec.dataset, data["root"] + f"/processed/{spec.dataset}/train.parquet", spec.data_hash)
+        tracking.log_dataset(run_id, spec.dataset, str(study.processed_dir(spec.dataset) / "train.parquet"),
+                             spec.data_hash)
         id_file.write_text(run_id)
     else:
         tracking.set_tags(run_id, {"resumed_by_flow_run": tracking_ctx["tags"].get("prefect_flow_run_id", "")})
@@ -117,7 +94,7 @@ def execute_run(
         tracking.end_run(run_id, "FAILED")
         raise
     row = {
-        "run_key": spec.key, "base_key": spec.base_key, "variant": spec.variant, "study": tracking_ctx["study"],
+        "run_key": spec.key, "base_key": spec.base_key, "variant": spec.variant, "study": study.name,
         "dataset": spec.dataset, "data_hash": spec.data_hash, "model": spec.model, "model_kwargs": spec.model_kwargs,
         "optimizer": spec.optimizer, "lr": spec.lr, "hparams": spec.hparams, "batch_size": spec.batch_size,
         "steps": spec.steps, "seed": spec.seed, "train_fraction": spec.train_fraction, "status": result.status, "reason": result.reason,
@@ -126,7 +103,7 @@ def execute_run(
         **{f"val/{k.split('/')[-1]}": float(v) for k, v in val.items()},
         "wall_time_s": result.wall_time_s, "samples_per_s": result.samples_per_s,
         "resumed_from": result.resumed_from, "mlflow_run_id": run_id,
-        "checkpoint": str(run_dir / "checkpoint.pt"), "device": str(splits.x_train.device),
+        "checkpoint": study.relative(run_dir / "checkpoint.pt"), "device": str(splits.x_train.device),
     }
     tracking.set_tags(run_id, {"status": result.status, **({"diverged_reason": result.reason} if result.reason else {})})
     tracking.log_metrics(run_id, {f"final/{k}": float(v) for k, v in result.metrics.items()

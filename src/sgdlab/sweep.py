@@ -5,82 +5,31 @@ run a scaling-rule or SVAG variant applies to, the transformed run (``sweep.vari
 validated here, before any training: unknown optimizer (with close names), hyper-parameters the
 optimizer does not take, lr <= 0, unknown model or model kwargs, a variant outside its rule's validity.
 
-The run key is a hash of the resolved run spec and the data hash: re-running a finished key is a cache
-hit, an interrupted one resumes from its checkpoint (``models/<study>/<run_key>/``).
+The run key is a hash of the resolved run spec, which holds the :class:`~sgdlab.data.DataSpec` (content
+hash of the prepared data, validation split, split seed, probe subset, train fraction) and, when the Hessian
+is probed along training, the probe settings: every setting that changes what a run sees or records. Re-running
+a finished key is a cache hit, an interrupted one resumes from its checkpoint (``models/<study>/<run_key>/``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sgdlab.config import Config, ModelConfig, VariantConfig
+from sgdlab.data.spec import DataSpec
+from sgdlab.runspec import RunSpec, run_key  # noqa: F401  (re-exported)
 
 
 class SweepError(ValueError):
     """A sweep that cannot run as configured; the message names the params.yaml key."""
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that determines one training run (its key is a hash of all of it)."""
-
-    dataset: str
-    data_hash: str
-    model: str
-    model_kwargs: dict[str, Any]
-    optimizer: str
-    hparams: dict[str, Any]  # resolved: every hyper-parameter with its value, lr included
-    batch_size: int
-    steps: int
-    seed: int
-    loop: dict[str, Any]  # LoopConfig fields other than steps/batch_size/seed/device/task
-    variant: str = "base"
-    base_key: str = ""  # for a variant, the key of the run it was derived from
-    train_fraction: float = 1.0  # trains on a seeded subset of this fraction of the training part
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def lr(self) -> float:
-        return float(self.hparams["lr"])
-
-    @property
-    def key(self) -> str:
-        return run_key(self)
-
-    @property
-    def label(self) -> str:
-        v = "" if self.variant == "base" else f" [{self.variant}]"
-        f = "" if self.train_fraction == 1.0 else f" data={self.train_fraction:g}"
-        return f"{self.optimizer} lr={self.lr:g} B={self.batch_size} T={self.steps} {self.model} seed={self.seed}{f}{v}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        return cls(**d)
+PROBE_KEYS = ("every", "subset_size", "batch_size", "bn_mode", "k", "tol", "max_iter", "train_trace_probes", "seed")
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in sorted(x.items())}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(x)
-    return x
-
-
-def run_key(spec: RunSpec) -> str:
-    """16 hex digits of sha256 over the canonical JSON of the spec (``base_key`` excluded)."""
-    d = spec.to_dict()
-    d.pop("base_key")
-    blob = json.dumps(_jsonable(d), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def probe_settings(cfg: Config) -> dict[str, Any] | None:
+    """The probe settings a run records along training (None when ``probe.every`` is 0)."""
+    return {k: getattr(cfg.probe, k) for k in PROBE_KEYS} if cfg.probe.every else None
 
 
 def loop_settings(cfg: Config) -> dict[str, Any]:
@@ -135,8 +84,20 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
                    base_key=spec.key)
 
 
-def expand(cfg: Config, data_hash: str, n_train: int | None = None) -> list[RunSpec]:
+def _check_loop(cfg: Config, loop: dict[str, Any], batch_size: int, steps: int) -> None:
+    """Build the run's LoopConfig now, so a loop setting it refuses fails at load, naming the key."""
+    from sgdlab.train import LoopConfig
+
+    try:
+        LoopConfig(steps=steps, batch_size=batch_size, **loop)
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"params.yaml: train (batch size {batch_size}, {steps} steps): {exc}") from None
+
+
+def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunSpec]:
     """The sweep's run specs, validated (see module docstring); ``n_train`` enables the batch-size check."""
+    from dataclasses import replace
+
     from sgdlab.optim import OptimizerConfigError, resolve_hparams
 
     sw = cfg.sweep
@@ -152,6 +113,7 @@ def expand(cfg: Config, data_hash: str, n_train: int | None = None) -> list[RunS
                 raise SweepError(f"params.yaml: sweep.optimizers[{i}] ({opt.name}): {exc}") from None
         resolved.append((opt.name, hps))
     loop = loop_settings(cfg)
+    probe = probe_settings(cfg)
     specs: list[RunSpec] = []
     for m in sw.models:
         for name, hps in resolved:
@@ -164,8 +126,8 @@ def expand(cfg: Config, data_hash: str, n_train: int | None = None) -> list[RunS
                                              f"examples of {cfg.train.dataset!r} (train fraction {frac:g})")
                         for steps in sw.steps or (cfg.train.steps,):
                             for seed in sw.seeds:
-                                specs.append(RunSpec(cfg.train.dataset, data_hash, m.name, dict(m.kwargs), name, hp,
-                                                     bs, steps, seed, loop, train_fraction=frac))
+                                specs.append(RunSpec(replace(data, train_fraction=frac), m.name, dict(m.kwargs), name,
+                                                     hp, bs, steps, seed, loop, probe))
     base = list(specs)
     for v in sw.variants:
         for spec in base:
@@ -175,6 +137,8 @@ def expand(cfg: Config, data_hash: str, n_train: int | None = None) -> list[RunS
                     raise SweepError(f"params.yaml: sweep.variants ({v.rule} x{v.factor:g}): batch size "
                                      f"{new.batch_size} of {spec.label} exceeds the {n_train} training examples")
                 specs.append(new)
+    for bs, steps in sorted({(s.batch_size, s.steps) for s in specs}):
+        _check_loop(cfg, loop, bs, steps)
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):  # duplicates in the grid (e.g. the same lr twice): keep one of each
         seen: set[str] = set()

@@ -69,8 +69,23 @@ def client(root: Path | None = None):
     return c
 
 
+# The experiment tag MLflow's UI reads as the experiment's kind, and its value for classic model training
+# (the UI's enum: "genai_development", "custom_model_development" = "Machine learning", ...).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# But the 3.17.2 UI bundle has its workflow-type switch hard-wired on: an experiment's landing tab and side
+# bar follow the ``workflowType`` query parameter (else the browser's localStorage ``mlflow.workflowType``,
+# default ``genai``), not the tag, so ``#/experiments/<id>`` opens the GenAI "Overview" even with the tag.
+# Our URLs therefore carry ``?workflowType=machine_learning`` (checked in tests/test_mlflow_ui.py).
+UI_WORKFLOW_TYPE = "machine_learning"
+
+
 def ensure_experiment(name: str, root: Path | None = None) -> str:
     """Return the id of experiment ``name``, creating it (with an absolute artifact location) if needed.
+
+    The experiment carries ``mlflow.experimentKind=custom_model_development`` (the UI's "machine learning"
+    kind, so it is shown as training runs, not as a GenAI app); an existing active experiment without a kind
+    gets the tag (one lookup, one tag write); a kind someone chose is left alone.
 
     Call once in the parent process before fanning out: concurrent first migrations of a fresh sqlite
     store fail (STACK.md)."""
@@ -79,13 +94,16 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
         c = client(root)
         exp = c.get_experiment_by_name(name)
         if exp is not None:
+            if not exp.tags.get(EXPERIMENT_KIND_TAG) and exp.lifecycle_stage == "active":
+                c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         # A local sqlite store keeps its artifacts beside it (``<db dir>/artifacts/<experiment>``), never in
         # a ``./mlruns`` of whatever directory a command happened to start in; a server decides for itself.
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location,
+                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -254,3 +272,25 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
 def iter_metric_history(run_id: str, key: str) -> Iterable[tuple[int, float]]:
     for m in client().get_metric_history(run_id, key):
         yield m.step, m.value
+
+
+def ui_base_url(host: str = "127.0.0.1", port: int = 5000) -> str:
+    """``http://host:port`` of the MLflow UI (a wildcard bind address is reached on loopback)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6 literal
+    return f"http://{host}:{port}"
+
+
+def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The MLflow UI's runs table of an experiment:
+    ``http://host:port/#/experiments/<id>/runs?workflowType=machine_learning`` (the UI routes in the URL
+    fragment; the query keeps its side bar on model training instead of GenAI)."""
+    return f"{ui_base_url(host, port)}/#/experiments/{experiment_id}/runs?workflowType={UI_WORKFLOW_TYPE}"
+
+
+def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The MLflow UI page of one run: ``http://host:port/#/experiments/<id>/runs/<run id>?workflowType=...``."""
+    return (f"{ui_base_url(host, port)}/#/experiments/{experiment_id}/runs/{run_id}"
+            f"?workflowType={UI_WORKFLOW_TYPE}")

@@ -2,15 +2,23 @@
 
 - :mod:`sgdlab.data.sources`: Fashion-MNIST IDX files, MNIST-1D generator, synthetic theory tasks.
 - :mod:`sgdlab.data.prepare`: ``prepare_dataset(name, cfg)`` writes ``processed/<name>/{train,test}.parquet``.
-- :mod:`sgdlab.data.loader`: ``load_splits(name, root, device, ...)`` -> :class:`TensorSplits`.
+- :mod:`sgdlab.data.loader`: ``load_splits(name, root, device, ...)`` / ``load_spec(DataSpec, root, device)``
+  -> :class:`TensorSplits`, the content hash verified.
 """
 
-from sgdlab.data.loader import TensorSplits, load_splits, resolve_device
+from sgdlab.data.loader import (
+    TensorSplits,
+    load_spec,
+    load_splits,
+    resolve_device,
+    train_subset_indices,
+)
 from sgdlab.data.parquet import DataFileError, RawDataset, read_meta, read_split
 from sgdlab.data.prepare import PreparedDataset, prepare_dataset, processed_dir
 from sgdlab.data.sources import SourceError
+from sgdlab.data.spec import DataSpec
 
 __all__ = [
-    "DataFileError", "PreparedDataset", "RawDataset", "SourceError", "TensorSplits",
-    "load_splits", "prepare_dataset", "processed_dir", "read_meta", "read_split", "resolve_device",
+    "DataFileError", "DataSpec", "PreparedDataset", "RawDataset", "SourceError", "TensorSplits",
+    "load_spec", "load_splits", "train_subset_indices", "prepare_dataset", "processed_dir", "read_meta", "read_split", "resolve_device",
 ]

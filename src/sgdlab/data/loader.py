@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sgdlab.data.parquet import DataFileError, read_split
+from sgdlab.data.parquet import DataFileError, content_hash, read_split
+from sgdlab.data.spec import DataSpec
+from sgdlab.device import generator as seeded_generator
+from sgdlab.device import resolve_device
+
+__all__ = ["DataSpec", "TensorSplits", "load_splits", "load_spec", "resolve_device", "train_subset_indices"]
 
 
 @dataclass(frozen=True)
@@ -41,16 +46,6 @@ class TensorSplits:
         return self.num_classes if self.num_classes is not None else 1
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, CPU otherwise. Asking for CUDA without it is an error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("study.device = 'cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return dev
-
-
 def load_splits(
     name: str,
     root: Path | str = "data",
@@ -58,8 +53,13 @@ def load_splits(
     val_fraction: float = 0.1,
     probe_size: int = 1000,
     split_seed: int = 0,
+    expect_hash: str | None = None,
 ) -> TensorSplits:
-    """Load ``<root>/processed/<name>`` onto ``device`` (see module docstring)."""
+    """Load ``<root>/processed/<name>`` onto ``device`` (see module docstring).
+
+    The content hash of the arrays read is recomputed and must equal the files' recorded ``data_hash``
+    and, when given, ``expect_hash`` (the data hash in a run key): a run never trains on other data
+    than its key says."""
     base = Path(root) / "processed" / name
     if not base.is_dir():
         raise DataFileError(f"{base}: dataset {name!r} is not prepared; run `sgdlab prepare` first")
@@ -67,6 +67,14 @@ def load_splits(
     x_te, y_te, meta_te = read_split(base / "test.parquet")
     if meta["data_hash"] != meta_te["data_hash"]:
         raise DataFileError(f"{base}: train and test files come from different prepare runs; run `sgdlab prepare`")
+    actual = content_hash(x_tr, y_tr, x_te, y_te)
+    if actual != meta["data_hash"]:
+        raise DataFileError(f"{base / 'train.parquet'}: content hash {actual[:12]}... differs from the recorded "
+                            f"data hash {meta['data_hash'][:12]}... (modified or corrupt); run `sgdlab prepare`")
+    if expect_hash is not None and actual != expect_hash:
+        raise DataFileError(f"{base / 'train.parquet'}: holds data {actual[:12]}..., but the run expects "
+                            f"{expect_hash[:12]}... (prepared with other settings since); run `sgdlab prepare` "
+                            "with this study's params")
     dev = resolve_device(device)
 
     n = len(x_tr)
@@ -99,7 +107,7 @@ def load_splits(
     n_tr = len(tr_idx)
     if probe_size < 1:
         raise ValueError(f"data.probe_size={probe_size} must be >= 1")
-    g = torch.Generator().manual_seed(split_seed)
+    g = seeded_generator(split_seed)
     probe = torch.randperm(n_tr, generator=g)[: min(probe_size, n_tr)].sort().values.to(dev)
     return TensorSplits(
         name=name, task=meta["task"], num_classes=meta["num_classes"], input_shape=tuple(meta["shape"]),
@@ -107,3 +115,19 @@ def load_splits(
         x_test=xs, y_test=labels(y_te), probe_idx=probe, data_hash=meta["data_hash"],
         meta={**meta, "normalization": norm, "n_val": n_val, "probe_size": len(probe)},
     )
+
+
+def load_spec(spec: DataSpec, root: Path | str, device: str | torch.device = "cpu") -> TensorSplits:
+    """:func:`load_splits` for a :class:`DataSpec`, verifying the content hash against ``spec.data_hash``."""
+    return load_splits(spec.dataset, root, device, spec.val_fraction, spec.probe_size, spec.split_seed,
+                       expect_hash=spec.data_hash)
+
+
+def train_subset_indices(n_train: int, fraction: float, seed: int) -> torch.Tensor | None:
+    """Indices (sorted, CPU) of the seeded ``fraction`` subset of a training part of ``n_train`` examples
+    that a run with ``seed`` trains on; None for ``fraction >= 1`` (all of it)."""
+    if fraction >= 1.0:
+        return None
+    n = max(1, int(n_train * fraction))
+    idx = torch.randperm(n_train, generator=seeded_generator(10_000 + seed))[:n]
+    return idx.sort().values

@@ -44,12 +44,19 @@ class RawDataset:
 
     def content_hash(self) -> str:
         """sha256 over both splits' arrays (dtype, shape, bytes): the dataset's identity."""
-        h = hashlib.sha256()
-        for arr in (self.x_train, self.y_train, self.x_test, self.y_test):
-            a = np.ascontiguousarray(arr)
-            h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(a.tobytes())
-        return h.hexdigest()
+        return content_hash(self.x_train, self.y_train, self.x_test, self.y_test)
+
+
+def content_hash(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> str:
+    """sha256 over the four arrays (dtype, shape, bytes): the identity of a prepared dataset. The loader
+    recomputes it from what it read, so a file whose content differs from its metadata (or from a run
+    key's data hash) is caught before training."""
+    h = hashlib.sha256()
+    for arr in (x_train, y_train, x_test, y_test):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _table(x: np.ndarray, y: np.ndarray) -> pa.Table:

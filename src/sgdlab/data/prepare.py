@@ -1,8 +1,9 @@
 """Prepare a dataset: build it from its source and write ``<root>/processed/<name>/{train,test}.parquet``.
 
-Idempotent: when both files exist and their metadata records the same source checksums and generator
-params, nothing is rebuilt (the Prefect task adds its own cache on top; this check is what makes a
-plain library call or a ``dvc repro`` cheap too).
+Idempotent: when both files exist, their metadata records the same generator params and their content
+hashes to the recorded data hash, nothing is rebuilt. Anything else (missing, truncated, corrupt, made
+with other settings) is rebuilt. This check is the only cache (no Prefect result cache on top: a cached
+task result cannot see that the files changed since).
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from pathlib import Path
 from sgdlab import __version__
 from sgdlab.config import DataConfig
 from sgdlab.data import sources
-from sgdlab.data.parquet import DataFileError, RawDataset, read_meta, write_dataset
+from sgdlab.data.parquet import (
+    DataFileError,
+    RawDataset,
+    content_hash,
+    read_meta,
+    read_split,
+    write_dataset,
+)
 
 
 @dataclass(frozen=True)
@@ -62,9 +70,12 @@ _NAMES = ("fashion_mnist", "mnist1d", "sparse_regression", "xor", "separable")
 def _up_to_date(out: Path, params: dict) -> dict | None:
     try:
         metas = [read_meta(out / "train.parquet"), read_meta(out / "test.parquet")]
-    except DataFileError:
+        if any(m.get("params") != params for m in metas) or metas[0]["data_hash"] != metas[1]["data_hash"]:
+            return None
+        (x_tr, y_tr, _), (x_te, y_te, _) = read_split(out / "train.parquet"), read_split(out / "test.parquet")
+    except (DataFileError, KeyError, ValueError):
         return None
-    if any(m.get("params") != params for m in metas) or metas[0]["data_hash"] != metas[1]["data_hash"]:
+    if content_hash(x_tr, y_tr, x_te, y_te) != metas[0]["data_hash"]:
         return None
     return metas[0]
 

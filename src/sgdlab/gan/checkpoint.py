@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sgdlab.gan.config import GANConfig
-from sgdlab.gan.train import GANResult, build_nets
+from sgdlab.gan.result import GANResult, build_nets
 
 __all__ = ["GANCheckpointError", "generator_hash", "load_gan", "save_gan"]
 

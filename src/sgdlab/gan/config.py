@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from sgdlab.device import resolve_device  # noqa: F401  (re-exported)
 from sgdlab.gan.diffaugment import parse_policy
 
 __all__ = ["GANConfig", "PROFILES", "resolve_device"]
@@ -164,16 +162,3 @@ PROFILES: dict[str, dict[str, Any]] = {
         precision="bf16",
     ),
 }
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; a CUDA request without CUDA falls back to CPU
-    with a warning (CI has no GPU)."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        warnings.warn(f"device={device!r} requested but CUDA is unavailable; using CPU", stacklevel=2)
-        return torch.device("cpu")
-    return torch.device(device)

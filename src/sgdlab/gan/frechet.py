@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgdlab.device import generator as seeded_generator
+
 __all__ = [
     "FeatureNet",
     "FrechetResult",
@@ -134,7 +136,7 @@ def train_feature_net(
         net = FeatureNet(tuple(x_train.shape[1:]), num_classes, data_range=data_range)
     net.to(device).train()
     x, y = x_train.float().to(device), y_train.long().to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = seeded_generator(seed, device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
         idx = torch.randint(x.shape[0], (batch_size,), generator=gen, device=device)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from sgdlab.device import generator as seeded_generator
 from sgdlab.gan.nets import Generator
 
 __all__ = ["sample_grid_png", "sample_synthetic"]
@@ -53,7 +54,7 @@ def sample_synthetic(
         raise ValueError(f"batch={batch!r}: must be a positive int")
     g_device = next(generator.parameters()).device
     out_device = torch.device(device) if device is not None else g_device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = seeded_generator(seed)
     y = torch.arange(num_classes).repeat_interleave(n_per_class)  # (K * n,)
     z = torch.randn(y.shape[0], generator.z_dim, generator=gen)  # (K * n, z_dim)
     was_training = generator.training

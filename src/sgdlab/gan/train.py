@@ -22,63 +22,25 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from sgdlab.device import generator as seeded_generator
+from sgdlab.gan.checkpoint import save_gan
 from sgdlab.gan.config import GANConfig, resolve_device
 from sgdlab.gan.diffaugment import diff_augment
-from sgdlab.gan.nets import Generator, ProjectionDiscriminator
+from sgdlab.gan.nets import Generator
+from sgdlab.gan.result import GANResult, build_nets
+
+__all__ = ["GANDivergedError", "GANResult", "build_nets", "train_gan"]
 
 __all__ = ["GANDivergedError", "GANResult", "build_nets", "prepare_train_data", "train_gan"]
 
 
 class GANDivergedError(RuntimeError):
     """A GAN loss became NaN/inf."""
-
-
-@dataclass(frozen=True)
-class GANResult:
-    """Outcome of ``train_gan`` (or ``load_gan``).
-
-    Attributes:
-        generator: EMA generator in eval mode, BatchNorm statistics recomputed: sample from it.
-        generator_raw: the last iterate of the generator.
-        discriminator: the projection discriminator.
-        history: ``{"step": [...], "gan/loss_d": [...], "gan/loss_g": [...] (adversarial part),
-            "gan/ms_ratio": [...] (mode-seeking ratio r), "gan/d_real": [...],
-            "gan/d_fake": [...]}`` every ``config.log_every`` steps.
-        data_range: ``(lo, hi)`` data units that generator output [-1, 1] maps back to.
-    """
-
-    generator: Generator
-    generator_raw: Generator
-    discriminator: ProjectionDiscriminator
-    config: GANConfig
-    num_classes: int
-    sample_shape: tuple[int, ...]
-    data_range: tuple[float, float]
-    steps: int
-    wall_time_s: float
-    history: dict[str, list[float]] = field(default_factory=dict)
-    checkpoint_path: Path | None = None
-
-
-def build_nets(
-    cfg: GANConfig,
-    sample_shape: tuple[int, ...],
-    num_classes: int,
-    data_range: tuple[float, float],
-    device: torch.device | str = "cpu",
-) -> tuple[Generator, ProjectionDiscriminator]:
-    """Initialise G and D from ``cfg.seed`` without touching the global RNG state."""
-    with torch.random.fork_rng(devices=[]):  # init + spectral-norm vectors use the global RNG
-        torch.manual_seed(cfg.seed)
-        g = Generator(sample_shape, num_classes, cfg.z_dim, cfg.g_widths, data_range)
-        d = ProjectionDiscriminator(sample_shape, num_classes, cfg.d_widths, cfg.d_mbstd_group)
-    return g.to(device), d.to(device)
 
 
 def prepare_train_data(
@@ -157,7 +119,7 @@ def recompute_bn_stats(
     if n_batches == 0:
         g.eval()
         return
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = seeded_generator(seed)
     bns = [m for m in g.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in bns]
     for m in bns:
@@ -181,7 +143,7 @@ def train_gan(
     *,
     data_range: tuple[float, float] = (0.0, 1.0),
     progress: Callable[[int, int], None] | None = None,
-    metric_sink: Callable[[int, dict[str, float]], None] | None = None,
+    metric_sink: Callable[[dict[str, float], int], None] | None = None,
     checkpoint_path: str | Path | None = None,
 ) -> GANResult:
     """Train a class-conditional GAN (projection D, hinge loss, DiffAugment, EMA generator).
@@ -195,7 +157,7 @@ def train_gan(
         data_range: ``(lo, hi)`` units of ``x_train``; it is mapped to [-1, 1] for training and
             the generator maps samples back (``Generator.to_data``, used by ``sample_synthetic``).
         progress: called as ``progress(step, cfg.steps)`` every ``cfg.log_every`` steps.
-        metric_sink: called as ``metric_sink(step, {"gan/loss_d": ..., ...})`` likewise.
+        metric_sink: called as ``metric_sink({"gan/loss_d": ..., ...}, step)`` (the loop's signature).
         checkpoint_path: if given, the result is saved there at the end (``save_gan``).
 
     Raises:
@@ -212,7 +174,7 @@ def train_gan(
     g_ema = copy.deepcopy(g).requires_grad_(False)
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = seeded_generator(cfg.seed, device)
     n, b = x.shape[0], cfg.batch_size
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     history: dict[str, list[float]] = {
@@ -276,7 +238,7 @@ def train_gan(
             for k, v in rec.items():
                 history[k].append(v)
             if metric_sink is not None:
-                metric_sink(step, rec)
+                metric_sink(rec, step)
             if progress is not None:
                 progress(step, cfg.steps)
 
@@ -300,7 +262,5 @@ def train_gan(
         checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None,
     )
     if checkpoint_path is not None:
-        from sgdlab.gan.checkpoint import save_gan
-
         save_gan(result, checkpoint_path)
     return result

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgdlab.device import generator as seeded_generator
 from sgdlab.generalization.predictors import _check_xy, model_device
 
 __all__ = ["FlatnessResult", "PACBayesFlatnessPredictor", "pacbayes_flatness"]
@@ -113,7 +114,7 @@ def pacbayes_flatness(
         n_evals += 1
         acc = 0.0
         for k in range(n_samples):
-            gen = torch.Generator(device="cpu").manual_seed(seed + k)
+            gen = seeded_generator(seed + k)
             with torch.no_grad():
                 for p, w in zip(params, snapshot):
                     xi = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(device, p.dtype)

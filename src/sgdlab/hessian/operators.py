@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 import torch
 
+from sgdlab.device import generator as seeded_generator
+
 
 class LinearOperator:
     """Base class: a symmetric ``n x n`` operator applied to flat vectors.
@@ -169,7 +171,7 @@ def make_generator(generator: torch.Generator | None = None, seed: int | None = 
         if seed is not None:
             raise ValueError("pass either generator or seed, not both")
         return generator
-    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+    return seeded_generator(0 if seed is None else seed)
 
 
 def rademacher(shape, generator: torch.Generator, dtype, device) -> torch.Tensor:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from sgdlab.device import generator as seeded_generator
+
 from .hutchinson import hutchinson, hutchpp
 from .hvp import HessianOperator
 from .lanczos import lanczos
@@ -47,7 +49,7 @@ def probe_subset(n_total: int, size: int, seed: int = 0) -> torch.Tensor:
             raise ValueError(f"{name} must be a positive int, got {val!r}")
     if size > n_total:
         raise ValueError(f"probe subset size={size} is larger than the data (n_total={n_total})")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = seeded_generator(seed)
     return torch.randperm(n_total, generator=gen)[:size].sort().values
 
 

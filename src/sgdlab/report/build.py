@@ -18,6 +18,20 @@ from sgdlab.report.data import SkipFigure, StudyData, check_curves, group_key, l
 from sgdlab.report.html import FigureEntry, render_page
 from sgdlab.report.style import save_png
 from sgdlab.report.tables import hessian_table, runs_table, scores_table, sweep_summary
+from sgdlab.study import REPORT_FIGURES  # noqa: E402  (file names: the Study's table)
+
+
+def _placeholder(path: Path, title: str, reason: str) -> Path:
+    """A small PNG stating that the figure was skipped and why (the HTML says the same)."""
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 1.6))
+    fig.text(0.5, 0.5, f"{title}: skipped\n" + textwrap.fill(reason, 90), ha="center", va="center", fontsize=8,
+             color="0.35")
+    return save_png(fig, path)
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -34,29 +48,29 @@ class ReportResult:
 
 # (number, file stem, title, caption)
 FIGURES = [
-    (1, "fig1_training_curves", "Training curves per optimizer",
+    (1, REPORT_FIGURES[0], "Training curves per optimizer",
      "Train loss (log scale) and test accuracy vs optimizer step, one row per optimizer and one colour per "
      "(learning rate, batch size, variant) group: the line is the mean over finished seeds, the band ±1 std "
      "(≥3 seeds) or min–max (2 seeds). Diverged or failed runs are dashed and end in a cross; a blow-up "
      "leaves the top of the loss axis, which is scaled to the finished runs."),
-    (2, "fig2_edge_of_stability", "Edge of Stability",
+    (2, REPORT_FIGURES[1], "Edge of Stability",
      "Sharpness λ_max of the training loss during training (lowest seed of each group) and the stability "
      "threshold of the run's optimizer at its learning rate as a dashed line of the same colour (2/η for "
      "GD/SGD; momentum forms for heavy ball/Nesterov). For Adam/AdamW the preconditioned sharpness is drawn "
      "against (2+2β1)/((1−β1)η) when it was logged (Cohen et al. 2021; 2022)."),
-    (3, "fig3_spectral_density", "Hessian spectral density",
+    (3, REPORT_FIGURES[2], "Hessian spectral density",
      "Spectral density of the training-loss Hessian at the final checkpoint by stochastic Lanczos quadrature "
      "(log density, Gaussian-smoothed) for a few runs: one seed per group, every optimizer before a second "
      "group of the same optimizer."),
-    (4, "fig4_predicted_vs_true", "Predicted vs true test error",
+    (4, REPORT_FIGURES[3], "Predicted vs true test error",
      "Each point is one classifier: its predicted test error (GAN synthetic test set, validation set, or other "
      "predictors) against its true test error. Points on the dashed y = x line are exact predictions. MAE (in "
      "percentage points) and signed Kendall τ are computed from the points shown."),
-    (5, "fig5_measures", "Generalization measures vs true test error",
+    (5, REPORT_FIGURES[4], "Generalization measures vs true test error",
      "One panel per generalization measure (higher means predicted worse generalization), points coloured by "
      "optimizer; signed Kendall τ between the measure and the true test error in each title (τ > 0 is the "
      "right direction)."),
-    (6, "fig6_summary", "Final test accuracy per group",
+    (6, REPORT_FIGURES[5], "Final test accuracy per group",
      "Final test accuracy per (optimizer, learning rate, batch size, variant) group: mean ± std over finished "
      "seeds; diverged/failed runs are counted next to the bar, not averaged."),
     (7, "fig7_gan_samples", "GAN samples",
@@ -170,6 +184,8 @@ def build_report(results_dir: Path, out_dir: Path, *, study: str,
             written.append(png)
         else:
             skipped.append((stem, reason or "no data"))
+            if stem in REPORT_FIGURES:  # a declared DVC plot: a file that says why, so the stage's outs exist
+                _placeholder(out_dir / f"{stem}.png", title, reason or "no data")
 
     tables = [sweep_summary(data.runs), runs_table(data.runs)]
     missing_tables = []

@@ -43,8 +43,10 @@ def load_study(results_dir: Path | str) -> StudyData:
         FileNotFoundError: ``runs.parquet`` is missing (the message names the path).
         ValueError: ``runs.parquet`` has no rows, or rows without ``run_key``.
     """
-    results_dir = Path(results_dir)
-    runs_path = results_dir / "runs.parquet"
+    from sgdlab.study import result_paths
+
+    paths = result_paths(results_dir)
+    runs_path = paths["sweep.runs"]
     if not runs_path.is_file():
         raise FileNotFoundError(f"{runs_path}: no runs table, so no report; run the sweep first (`sgdlab sweep`)")
     runs = load_runs(results_dir)
@@ -55,7 +57,7 @@ def load_study(results_dir: Path | str) -> StudyData:
     missing: dict[str, str] = {}
 
     densities = None
-    p = results_dir / "densities.json"
+    p = paths["probe.densities"]
     if not p.is_file():
         missing[p.name] = f"{p.name} not found in the results directory (the Hessian probe computed no densities)"
     else:
@@ -67,8 +69,9 @@ def load_study(results_dir: Path | str) -> StudyData:
             densities, missing[p.name] = None, f"{p.name} is unreadable: {exc}"
 
     tables: dict[str, list[dict[str, Any]] | None] = {}
-    for name, phase in (("predictions.parquet", "the predict phase"), ("scores.parquet", "the scoring phase")):
-        p = results_dir / name
+    for key, phase in (("predict.predictions", "the predict phase"), ("predict.scores", "the scoring phase")):
+        p = paths[key]
+        name = p.name
         tables[name] = None
         if not p.is_file():
             missing[name] = f"{name} not found in the results directory ({phase} did not run)"
@@ -80,7 +83,8 @@ def load_study(results_dir: Path | str) -> StudyData:
             continue
         if tables[name] is None:
             missing[name] = f"{name} has no rows"
-    return StudyData(runs, densities, tables["predictions.parquet"], tables["scores.parquet"], missing)
+    return StudyData(runs, densities, tables[paths["predict.predictions"].name], tables[paths["predict.scores"].name],
+                     missing)
 
 
 def check_curves(curves: Any) -> Curves:
@@ -185,13 +189,14 @@ def seed_band(curves: list[Curve]) -> Band | None:
 
 # ----------------------------------------------------------------------------------------- scoring
 def kendall(x: np.ndarray, y: np.ndarray) -> float:
-    """Signed Kendall tau-b (``scipy.stats.kendalltau``); NaN with fewer than 2 points or constant input."""
-    from scipy.stats import kendalltau
+    """Signed Kendall tau-b of the finite points (:func:`sgdlab.generalization.kendall_tau`, the one the
+    scores use); NaN with fewer than 2 points or constant input."""
+    from sgdlab.generalization.scoring import kendall_tau
 
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 2 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
         return float("nan")
-    return float(kendalltau(x[ok], y[ok]).statistic)
+    return kendall_tau(x[ok], y[ok])
 
 
 def column(rows: list[dict[str, Any]], name: str) -> np.ndarray:

@@ -9,23 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgdlab.device import resolve_device  # noqa: F401  (re-exported: the loop's device)
 from sgdlab.optim import batches_per_step, get_spec, resolve_hparams
 
 from .config import DataTensors, LoopConfig
 from .evaluate import loss_fn
-
-
-def resolve_device(spec: str) -> torch.device:
-    """The device for ``LoopConfig.device``: "auto" is CUDA when available, else CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError as e:
-        raise ValueError(f"LoopConfig: device={spec!r} is not a valid device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"LoopConfig: device={spec!r} but CUDA is not available (use 'auto')")
-    return dev
 
 
 def check_data(data: Any, cfg: LoopConfig) -> None:

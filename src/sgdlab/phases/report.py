@@ -1,0 +1,52 @@
+"""Phase ``report``: the study's figures (PNG) and one self-contained HTML page from the phase tables and
+the per-step curves in MLflow (the store of record for curves); logged to MLflow, declared as DVC plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sgdlab import results, tracking
+from sgdlab.phases import Outcome, Plan, Unit, raise_failures
+from sgdlab.study import Study
+
+CURVE_METRICS = ("train/loss", "test/acc", "hessian/lambda_max", "hessian/threshold", "hessian/precond_lambda_max")
+
+
+def plan(study: Study) -> Plan:
+    rows = results.load_runs(study.results_dir)  # a missing table names itself and says to run the sweep
+    return Plan([Unit("report", {})], data_hash=rows[0].get("data_hash", "") if rows else "")
+
+
+def fetch_curves(rows: list[dict]) -> dict:
+    """Per-step curves of every run from MLflow."""
+    curves = {}
+    for r in rows:
+        if r.get("mlflow_run_id"):
+            got = {m: list(tracking.iter_metric_history(r["mlflow_run_id"], m)) for m in CURVE_METRICS}
+            curves[r["run_key"]] = {m: sorted(v) for m, v in got.items() if v}
+    return curves
+
+
+def unit(study: Study, payload: dict, ctx: dict) -> dict:
+    from sgdlab.report import build_report
+
+    rows = results.load_runs(study.results_dir)
+    grid = study.path("gan", "samples")
+    datasets = sorted({str(r.get("dataset")) for r in rows})
+    notes = [f"profile: {study.cfg.profile or '(none)'}; dataset: {', '.join(datasets)}; {len(rows)} runs",
+             f"MLflow experiment: {study.experiment_name} (browse with `sgdlab ui`)"]
+    res = build_report(study.results_dir, study.path("report", "html").parent, study=study.name,
+                       curves=fetch_curves(rows), gan_grid=grid if grid.is_file() else None, notes=notes)
+    return {"html": str(res.html), "figures": [str(f) for f in res.figures], "skipped": [list(s) for s in res.skipped]}
+
+
+def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict:
+    raise_failures("report", outcomes)
+    out = outcomes[0].value
+    for f in [out["html"], *out["figures"]]:
+        tracking.log_artifact(ctx["parent_run_id"], f, "report")
+    lines = [f"# sgdlab report: {study.name}", "", f"HTML: `{out['html']}`", "",
+             *[f"- figure: `{Path(f).name}`" for f in out["figures"]],
+             *[f"- skipped {name}: {why}" for name, why in out["skipped"]]]
+    return {**out, "artifacts": [{"kind": "markdown", "key": "study-report", "markdown": "\n".join(lines),
+                                  "description": "sgdlab study report"}]}
