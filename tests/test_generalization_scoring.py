@@ -15,6 +15,7 @@ from sgdlab.generalization import (
     mae,
     pgdl_conditional_mi,
     pgdl_score,
+    pgdl_score_pair_weighted,
 )
 
 
@@ -97,8 +98,10 @@ def test_pgdl_perfect_flipped_random():
     hp, gap, rng = _rand_population(0)
     assert pgdl_score(gap, gap, hp) == pytest.approx(100.0)
     assert pgdl_score(2 * gap + 3, gap, hp) == pytest.approx(100.0)
-    # Known weakness: the exact reverse ranking also scores 100; signed tau exposes it.
-    assert pgdl_score(-gap, gap, hp) == pytest.approx(100.0)
+    # The official score sees the direction (self-pairs); the pair-weighted variant is sign-blind.
+    assert pgdl_score(-gap, gap, hp) < 99.0  # 95.4 here: self-pairs are 1/reps of each cell's pairs
+    assert pgdl_score_pair_weighted(-gap, gap, hp) == pytest.approx(100.0)
+    assert pgdl_score_pair_weighted(gap, gap, hp) == pytest.approx(100.0)
     assert kendall_tau(-gap, gap) == -1.0
     rand = rng.normal(size=gap.shape[0])
     assert 0.0 <= pgdl_score(rand, gap, hp) < 2.0
@@ -112,7 +115,14 @@ def test_pgdl_hand_computed_single_cell():
     hp = {"a": [0, 0, 0], "b": [1, 1, 1]}
     h_joint = (2 / 3) * math.log2(3) + (1 / 3) * math.log2(6)
     expected = 100 * (2 - h_joint) / 1.0
-    assert pgdl_score([1, 3, 2], [1, 2, 3], hp) == pytest.approx(expected)
+    assert pgdl_score_pair_weighted([1, 3, 2], [1, 2, 3], hp) == pytest.approx(expected)
+    # Official: the 3 self-pairs add (0, 0) three times -> joint counts [[5, 1], [1, 2]] / 9,
+    # marginals (2/3, 1/3) for both V_g and V_m.
+    p = np.array([[5, 1], [1, 2]]) / 9
+    marg = np.array([2 / 3, 1 / 3])
+    mi = sum(p[i, j] * math.log2(p[i, j] / (marg[i] * marg[j])) for i in range(2) for j in range(2))
+    h = -sum(q * math.log2(q) for q in marg)
+    assert pgdl_score([1, 3, 2], [1, 2, 3], hp) == pytest.approx(100 * mi / h)
 
 
 def test_pgdl_measure_that_reads_off_a_hyperparameter_scores_zero():
@@ -147,6 +157,10 @@ def _organisers_reference(measure, gap, hp) -> float:
                 if (hp[h1][a], hp[h1][b], hp[h2][a], hp[h2][b]) != cell:
                     continue
                 t[int(gap[a] > gap[b]), int(measure[a] > measure[b])] += 1
+            if t.sum() == 0:  # an empty cell adds 0 to both averages
+                mis.append(0.0)
+                hs.append(0.0)
+                continue
             p = t / t.sum()
             pg, pm = p.sum(1), p.sum(0)
             mi = sum(
@@ -166,8 +180,26 @@ def test_pgdl_matches_organisers_definition_on_a_complete_grid():
     gap = np.array(hp["lr"]) + 0.5 * np.array(hp["depth"]) + rng.normal(scale=0.7, size=n)
     measure = gap + rng.normal(scale=0.5, size=n)
     ref = _organisers_reference(measure, gap, hp)
-    assert pgdl_score(measure, gap, hp, include_self_pairs=True) == pytest.approx(ref, rel=1e-10)
-    assert pgdl_score(measure, gap, hp) != pytest.approx(ref, rel=1e-6)  # self pairs matter
+    assert pgdl_score(measure, gap, hp) == pytest.approx(ref, rel=1e-10)
+    assert pgdl_score_pair_weighted(measure, gap, hp) != pytest.approx(ref, rel=1e-6)  # self pairs matter
+
+
+def test_pgdl_official_on_an_incomplete_grid_with_unequal_replicates():
+    # 3x3x2 grid, a few cells dropped and replicates uneven: uniform cell averaging (the organisers')
+    # and pair-count weighting now differ, and the official score notices a flipped measure.
+    full = _grid({"lr": [1, 2, 3], "width": [1, 2, 3], "depth": [1, 2]}, reps=2)
+    rng = np.random.default_rng(7)
+    keep = rng.random(len(full["lr"])) > 0.25
+    keep[:3] = True
+    hp = {k: [v for v, kk in zip(vals, keep) if kk] for k, vals in full.items()}
+    n = len(hp["lr"])
+    gap = 0.3 * np.array(hp["lr"]) + 0.2 * np.array(hp["width"]) + rng.normal(scale=0.4, size=n)
+    measure = gap + rng.normal(scale=0.3, size=n)
+    ref = _organisers_reference(measure, gap, hp)
+    assert pgdl_score(measure, gap, hp) == pytest.approx(ref, rel=1e-10)
+    assert pgdl_score(-measure, gap, hp) == pytest.approx(_organisers_reference(-measure, gap, hp), rel=1e-10)
+    assert pgdl_score(-measure, gap, hp) < pgdl_score(measure, gap, hp)
+    assert pgdl_score_pair_weighted(-measure, gap, hp) == pytest.approx(pgdl_score_pair_weighted(measure, gap, hp))
 
 
 def test_pgdl_errors():

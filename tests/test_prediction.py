@@ -97,3 +97,18 @@ def test_scores_on_a_constructed_population():
     assert abs(scores["trace"]["kendall_tau"]) < 0.6
     with pytest.raises(ValueError, match="at least 2 classifiers"):
         score_predictors(_population(1))
+
+
+def test_measures_are_scored_against_the_gap_and_predictors_against_test_error():
+    # Test error falls with lr while the gap grows. lambda_max tracks the gap: against the gap its tau is
+    # +1 (what Jiang et al. score), against test error it would be -1.
+    rows = []
+    for i, lr in enumerate([0.1, 0.2, 0.4, 0.8]):
+        test_err, gap = 0.5 - 0.1 * i, 0.02 * i
+        rows.append({"run_key": str(i), "lr": lr, "optimizer": "sgd", "true/test_err": test_err,
+                     "true/train_err": test_err - gap, "true/gap": gap, "pred/gan": test_err + 0.01,
+                     "measure/lambda_max": 10.0 + i})
+    scores = {s["predictor"]: s for s in score_predictors(rows)}
+    assert scores["lambda_max"]["target"] == "gap" and scores["lambda_max"]["kendall_tau"] == pytest.approx(1.0)
+    assert scores["gan"]["target"] == "test_err" and scores["gan"]["kendall_tau"] == pytest.approx(1.0)
+    assert scores["gan"]["mae"] == pytest.approx(0.01) and scores["lambda_max"]["mae"] is None

@@ -138,10 +138,13 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
 
     Rows hold ``true/test_err`` (error on the real test split: the target, used only for scoring),
     ``pred/<name>`` predicted test errors and ``measure/<name>`` generalization measures (larger =
-    predicted worse). lambda_max and trace come from the probe phase when it ran (same subset and
-    settings), else are computed here."""
+    predicted worse). Every per-run quantity is computed on the run's own training examples (its train
+    fraction): ``true/train_err`` and so ``true/gap``; the measures on a fixed seeded subset of those.
+    lambda_max and trace come from the probe phase when it ran (same subset and settings), else are
+    computed here."""
     import functools
 
+    from sgdlab.data import run_indices, run_probe_data
     from sgdlab.generalization import (
         GANPredictor,
         PACBayesFlatnessPredictor,
@@ -157,15 +160,9 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
     probe_rows = probe_rows or {}
     flatness = flatness or {}
     hessian = hessian or {}
-    sub = splits.probe_idx[: hessian.get("subset_size", len(splits.probe_idx))]
-    xp, yp = splits.x_train[sub], splits.y_train[sub]
-    preds = {"gan": GANPredictor(x_syn, y_syn), "val": ValidationPredictor(splits.x_val, splits.y_val),
-             "train_err": TrainErrorPredictor(splits.x_train, splits.y_train)}
+    subset_size = hessian.get("subset_size", len(splits.probe_idx))
+    gan, val = GANPredictor(x_syn, y_syn), ValidationPredictor(splits.x_val, splits.y_val)
     loss = functools.partial(loss_fn, splits.task)
-    sharp = SharpnessPredictor(xp, yp, loss_fn=loss, tol=hessian.get("tol", 1e-3))
-    trace = TracePredictor(xp, yp, loss_fn=loss, n_probes=max(2, hessian.get("trace_probes", 20)))
-    flat = PACBayesFlatnessPredictor(xp, yp, n_samples=flatness.get("n_samples", 8), target=flatness.get("target", 0.1),
-                                     n_iter=flatness.get("n_iter", 20))
     rows = []
     for spec, ckpt_path, run in specs_and_ckpts:
         model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=spec.seed,
@@ -173,41 +170,58 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
         model.load_state_dict(load_checkpoint(ckpt_path)["model"])
         model.eval()
         _check_compatible(model, x_syn, splits.num_outputs, spec.label)
-        row = {"run_key": run["run_key"], **{a: run.get(a) for a in AXES}, "seed": spec.seed,
+        # every per-run quantity on the run's own training examples (its train fraction), the measures on
+        # a fixed seeded subset of those
+        idx = run_indices(splits, spec.train_fraction, spec.seed)
+        x_own, y_own = (splits.x_train, splits.y_train) if idx is None else (splits.x_train[idx], splits.y_train[idx])
+        xp, yp = run_probe_data(splits, spec.train_fraction, spec.seed, subset_size)
+        row = {"run_key": run["run_key"], **{a: run.get(a) for a in AXES}, "seed": spec.seed, "n_train": len(x_own),
                "true/test_err": classification_error(model, splits.x_test, splits.y_test)}
-        row["true/train_err"] = preds["train_err"].predict(model)
-        for name, p in preds.items():
-            row[f"pred/{name}"] = row["true/train_err"] if name == "train_err" else p.predict(model)
+        row["true/train_err"] = TrainErrorPredictor(x_own, y_own).predict(model)
+        row["pred/gan"], row["pred/val"], row["pred/train_err"] = gan.predict(model), val.predict(model), row["true/train_err"]
         probed = probe_rows.get(run["run_key"], {})
-        row["measure/lambda_max"] = probed.get("hessian/lambda_max") or sharp.predict(model)
-        row["measure/trace"] = probed.get("hessian/trace") or trace.predict(model)
-        row["measure/pacbayes_flatness"] = flat.predict(model)
+        row["measure/lambda_max"] = probed.get("hessian/lambda_max") or SharpnessPredictor(
+            xp, yp, loss_fn=loss, tol=hessian.get("tol", 1e-3)).predict(model)
+        row["measure/trace"] = probed.get("hessian/trace") or TracePredictor(
+            xp, yp, loss_fn=loss, n_probes=max(2, hessian.get("trace_probes", 20))).predict(model)
+        row["measure/pacbayes_flatness"] = PACBayesFlatnessPredictor(
+            xp, yp, n_samples=flatness.get("n_samples", 8), target=flatness.get("target", 0.1),
+            n_iter=flatness.get("n_iter", 20)).predict(model)
         row["true/gap"] = row["true/test_err"] - row["true/train_err"]
         rows.append(row)
     return rows
 
 
 def score_predictors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per predictor: MAE (fraction) and signed Kendall tau of predicted vs true test error,
-    granulated Kendall Psi over the varied axes, and the PGDL score against the generalization gap."""
+    """One row per predictor, each scored against its own target (named in the ``target`` column):
+
+    - predictors of test error (``pred/*``: GAN, validation, train error) against the true test error:
+      MAE, signed Kendall tau and granulated Kendall Psi; their PGDL score uses the predicted gap
+      (prediction - train error) against the true gap;
+    - generalization measures (``measure/*``: lambda_max, trace, PAC-Bayes flatness) against the
+      generalization gap (test error - train error on the run's own training data), as in Jiang et al.
+      2020 ("Fantastic Generalization Measures") and the PGDL competition: Kendall tau, Psi, PGDL.
+    """
     from sgdlab.generalization import granulated_kendall, kendall_tau, mae, pgdl_score
 
     if len(rows) < 2:
         raise ValueError(f"scoring needs at least 2 classifiers, got {len(rows)}")
     true = np.array([r["true/test_err"] for r in rows])
     gap = np.array([r["true/gap"] for r in rows])
+    train_err = np.array([r["true/train_err"] for r in rows])
     varied = {a: [str(r.get(a)) for r in rows] for a in AXES if len({str(r.get(a)) for r in rows}) > 1}
     out = []
     for col in sorted(k for k in rows[0] if k.startswith(("pred/", "measure/"))):
         vals = np.array([r[col] for r in rows], dtype=float)
         kind = "error" if col.startswith("pred/") else "measure"
+        target = true if kind == "error" else gap
         entry = {"predictor": col.split("/", 1)[1], "kind": kind, "n_models": len(rows),
+                 "target": "test_err" if kind == "error" else "gap",
                  "mae": mae(vals, true) if kind == "error" else None,
-                 "kendall_tau": kendall_tau(vals, true)}
+                 "kendall_tau": kendall_tau(vals, target)}
         if varied:
-            entry["psi"] = granulated_kendall(vals, true, varied)[0]
-            entry["pgdl"] = pgdl_score(vals if kind == "measure" else vals - np.array([r["true/train_err"] for r in rows]),
-                                       gap, varied)
+            entry["psi"] = granulated_kendall(vals, target, varied)[0]
+            entry["pgdl"] = pgdl_score(vals if kind == "measure" else vals - train_err, gap, varied)
         else:
             entry["psi"] = entry["pgdl"] = None
         out.append(entry)

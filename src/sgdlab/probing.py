@@ -1,7 +1,8 @@
 """Hessian probing of sweep runs: along training (an ``on_step`` hook) and on final checkpoints.
 
-Both use the same fixed, seeded probe subset of the training part (``TensorSplits.probe_idx``, of which
-the first ``probe.subset_size`` examples) and the loss the run trained on. Metric names:
+Both use the same fixed, seeded probe subset of the run's own training examples (:func:`run_probe_data`;
+for a run on the whole training part that is ``TensorSplits.probe_idx``), of which the first
+``probe.subset_size`` examples, and the loss the run trained on. Metric names:
 ``hessian/lambda_max``, ``hessian/trace``, ``hessian/threshold`` (2/eta for GD/SGD, the momentum and
 Adam forms from :func:`sgdlab.hessian.stability_threshold`), ``hessian/precond_lambda_max`` for Adam.
 """
@@ -15,9 +16,11 @@ from typing import Any
 from sgdlab.sweep import RunSpec
 
 
-def _probe_data(splits, size: int):
-    idx = splits.probe_idx[:size]
-    return splits.x_train[idx], splits.y_train[idx]
+def run_probe_data(splits, spec: RunSpec, size: int):
+    """The first ``size`` examples of the run's probe subset (:func:`sgdlab.data.run_probe_data`)."""
+    from sgdlab.data import run_probe_data as probe_data
+
+    return probe_data(splits, spec.train_fraction, spec.seed, size)
 
 
 def _loss(task: str):
@@ -35,7 +38,7 @@ def sharpness_hook_factory(probe: dict[str, Any] | None):
     def factory(splits, spec: RunSpec):
         from sgdlab.hessian import SharpnessProbe
 
-        return SharpnessProbe(_loss(splits.task), _probe_data(splits, probe["subset_size"]), every_k=probe["every"],
+        return SharpnessProbe(_loss(splits.task), run_probe_data(splits, spec, probe["subset_size"]), every_k=probe["every"],
                               k_eigs=probe["k"], tol=probe["tol"], n_trace_probes=probe["train_trace_probes"],
                               max_iter=probe["max_iter"], batch_size=probe["batch_size"], bn_mode=probe["bn_mode"],
                               seed=probe["seed"])
@@ -59,7 +62,7 @@ def probe_checkpoint(spec: RunSpec, checkpoint: Path | str, splits, probe: dict[
     model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=spec.seed,
                         device=splits.x_train.device, **spec.model_kwargs)
     model.load_state_dict(ckpt["model"])
-    data = _probe_data(splits, probe["subset_size"])
+    data = run_probe_data(splits, spec, probe["subset_size"])
     loss = _loss(splits.task)
     kw = dict(batch_size=probe["batch_size"], bn_mode=probe["bn_mode"], seed=probe["seed"])
     eig = hessian.top_eigenvalues(model, loss, data, k=probe["k"], tol=probe["tol"], max_iter=probe["max_iter"], **kw)
@@ -77,7 +80,13 @@ def probe_checkpoint(spec: RunSpec, checkpoint: Path | str, splits, probe: dict[
         out["hessian/threshold"] = float(hessian.stability_threshold(opt, lr))
     except (ValueError, TypeError):
         pass  # no known threshold for this family
-    if spec.optimizer in ("adam", "adamw"):
+    kind = hessian.optimizer_kind(opt)
+    # Adam-kind (adam, adamw, rmsprop_bc = Adam(betas=(0, b2)), svag_adam): the threshold is the
+    # preconditioned form, so the sharpness to compare with it is the preconditioned one
+    adaptive = kind is not None and kind[0] == "adam"
+    if "hessian/threshold" in out:
+        out["hessian/threshold_preconditioned"] = float(adaptive)
+    if adaptive:
         pre = hessian.preconditioned_sharpness(model, loss, data, opt, tol=probe["tol"], max_iter=probe["max_iter"], **kw)
         out["hessian/precond_lambda_max"] = float(pre.eigenvalues[0])
     if probe["density_probes"]:

@@ -21,18 +21,6 @@ from sgdlab.study import Study
 from sgdlab.sweep import RunSpec
 
 
-def train_subset(splits, fraction: float, seed: int):
-    """The training tensors of a run: all of the training part, or the seeded subset of ``fraction`` of it
-    (:func:`sgdlab.data.train_subset_indices`; population studies vary the amount of data)."""
-    from sgdlab.data import train_subset_indices
-
-    idx = train_subset_indices(len(splits.x_train), fraction, seed)
-    if idx is None:
-        return splits.x_train, splits.y_train
-    idx = idx.to(splits.x_train.device)
-    return splits.x_train[idx], splits.y_train[idx]
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -67,7 +55,11 @@ def execute_run(
                         device=splits.x_train.device, **spec.model_kwargs)
     cfg = LoopConfig(steps=spec.steps, batch_size=spec.batch_size, seed=spec.seed, device=str(splits.x_train.device),
                      task=splits.task, **spec.loop)
-    x_tr, y_tr = train_subset(splits, spec.train_fraction, spec.seed)
+    from sgdlab.data import run_indices
+
+    train_idx = run_indices(splits, spec.train_fraction, spec.seed)  # None: the whole training part
+    x_tr, y_tr = (splits.x_train, splits.y_train) if train_idx is None else (splits.x_train[train_idx],
+                                                                             splits.y_train[train_idx])
     tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test)
 
     id_file = run_dir / "mlflow_run_id"
@@ -97,7 +89,7 @@ def execute_run(
         "run_key": spec.key, "base_key": spec.base_key, "variant": spec.variant, "study": study.name,
         "dataset": spec.dataset, "data_hash": spec.data_hash, "model": spec.model, "model_kwargs": spec.model_kwargs,
         "optimizer": spec.optimizer, "lr": spec.lr, "hparams": spec.hparams, "batch_size": spec.batch_size,
-        "steps": spec.steps, "seed": spec.seed, "train_fraction": spec.train_fraction, "status": result.status, "reason": result.reason,
+        "steps": spec.steps, "seed": spec.seed, "train_fraction": spec.train_fraction, "n_train": len(x_tr), "status": result.status, "reason": result.reason,
         "steps_done": result.steps_done, "n_params": param_count(model),
         **{k: float(v) for k, v in result.metrics.items()},
         **{f"val/{k.split('/')[-1]}": float(v) for k, v in val.items()},
@@ -109,5 +101,8 @@ def execute_run(
     tracking.log_metrics(run_id, {f"final/{k}": float(v) for k, v in result.metrics.items()
                                   if isinstance(v, (int, float))}, result.steps_done)
     tracking.end_run(run_id, "FINISHED")
-    _write_json(run_dir / "result.json", {**row, "spec": spec.to_dict()})
+    # the run's own training examples (indices into the training part; None: all of it), for every later
+    # per-run quantity (train error, gap, probes) to use exactly these
+    indices = None if train_idx is None else train_idx.cpu().tolist()
+    _write_json(run_dir / "result.json", {**row, "spec": spec.to_dict(), "train_indices": indices})
     return {**row, "cached": False}

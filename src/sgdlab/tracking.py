@@ -30,6 +30,7 @@ from sgdlab.paths import project_root
 LINEAGE_TAGS = ("git_commit", "data_hash", "prefect_flow_run_id", "study")
 _BATCH_LIMIT = 1000  # MLflow's maximum number of metrics in one log_batch call
 _setup_lock = threading.RLock()
+_dataset_lock = threading.Lock()
 _clients: dict[str, Any] = {}
 
 
@@ -244,7 +245,14 @@ def log_dataset(run_id: str, name: str, source_path: str, digest: str, context: 
         source = resolve_dataset_source(str(Path(source_path).resolve()))
     ds = MetaDataset(source=source, name=name, digest=digest[:36])
     entity = ds._to_mlflow_entity()
-    client().log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
+    with _dataset_lock:  # two runs of a sweep inserting the same new dataset row race on its unique key
+        try:
+            client().log_inputs(run_id, datasets=inputs)
+        except Exception as exc:  # noqa: BLE001 - another process inserted it first: the row exists now
+            if "UNIQUE constraint" not in str(exc) and "unique constraint" not in str(exc).lower():
+                raise
+            client().log_inputs(run_id, datasets=inputs)
 
 
 def log_artifact(run_id: str, path: str | Path, artifact_path: str | None = None) -> None:

@@ -10,7 +10,10 @@ from sgdlab.data.loader import (
     TensorSplits,
     load_spec,
     load_splits,
+    probe_indices,
     resolve_device,
+    run_indices,
+    run_probe_data,
     train_subset_indices,
 )
 from sgdlab.data.parquet import DataFileError, RawDataset, read_meta, read_split
@@ -20,5 +23,6 @@ from sgdlab.data.spec import DataSpec
 
 __all__ = [
     "DataFileError", "DataSpec", "PreparedDataset", "RawDataset", "SourceError", "TensorSplits",
-    "load_spec", "load_splits", "train_subset_indices", "prepare_dataset", "processed_dir", "read_meta", "read_split", "resolve_device",
+    "load_spec", "load_splits", "prepare_dataset", "probe_indices", "processed_dir", "read_meta", "read_split",
+    "resolve_device", "run_indices", "run_probe_data", "train_subset_indices",
 ]

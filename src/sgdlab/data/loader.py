@@ -20,7 +20,8 @@ from sgdlab.data.spec import DataSpec
 from sgdlab.device import generator as seeded_generator
 from sgdlab.device import resolve_device
 
-__all__ = ["DataSpec", "TensorSplits", "load_splits", "load_spec", "resolve_device", "train_subset_indices"]
+__all__ = ["DataSpec", "TensorSplits", "load_splits", "load_spec", "probe_indices", "resolve_device", "run_indices", "run_probe_data",
+           "train_subset_indices"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def load_splits(
         name=name, task=meta["task"], num_classes=meta["num_classes"], input_shape=tuple(meta["shape"]),
         x_train=xt, y_train=labels(y_tr[tr_idx]), x_val=xv, y_val=labels(y_tr[val_idx]),
         x_test=xs, y_test=labels(y_te), probe_idx=probe, data_hash=meta["data_hash"],
-        meta={**meta, "normalization": norm, "n_val": n_val, "probe_size": len(probe)},
+        meta={**meta, "normalization": norm, "n_val": n_val, "probe_size": len(probe), "split_seed": split_seed,
+              "probe_size_requested": probe_size},
     )
 
 
@@ -121,6 +123,31 @@ def load_spec(spec: DataSpec, root: Path | str, device: str | torch.device = "cp
     """:func:`load_splits` for a :class:`DataSpec`, verifying the content hash against ``spec.data_hash``."""
     return load_splits(spec.dataset, root, device, spec.val_fraction, spec.probe_size, spec.split_seed,
                        expect_hash=spec.data_hash)
+
+
+def run_indices(splits: TensorSplits, fraction: float, seed: int) -> torch.Tensor | None:
+    """Indices (into ``splits.x_train``, on its device) of the training examples a run sees; None: all."""
+    idx = train_subset_indices(len(splits.x_train), fraction, seed)
+    return None if idx is None else idx.to(splits.x_train.device)
+
+
+def probe_indices(splits: TensorSplits, train_idx: torch.Tensor | None) -> torch.Tensor:
+    """The run's fixed Hessian-probe subset: the first ``probe_size`` of a ``split_seed``-seeded permutation
+    of *the run's own* training examples (``train_idx``; None = the whole training part, which gives
+    ``splits.probe_idx``). Indices into ``splits.x_train``, sorted."""
+    if train_idx is None:
+        return splits.probe_idx
+    g = seeded_generator(int(splits.meta.get("split_seed", 0)))
+    size = min(int(splits.meta.get("probe_size_requested", len(splits.probe_idx))), len(train_idx))
+    pick = torch.randperm(len(train_idx), generator=g)[:size].sort().values.to(train_idx.device)
+    return train_idx[pick]
+
+
+def run_probe_data(splits: TensorSplits, fraction: float, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the first ``size`` examples of the probe subset of a run with this train fraction and
+    seed: a fixed seeded subset of the run's *own* training examples, never of data it did not train on."""
+    idx = probe_indices(splits, run_indices(splits, fraction, seed))[:size]
+    return splits.x_train[idx], splits.y_train[idx]
 
 
 def train_subset_indices(n_train: int, fraction: float, seed: int) -> torch.Tensor | None:

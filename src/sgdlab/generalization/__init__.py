@@ -25,6 +25,7 @@ from sgdlab.generalization.scoring import (
     mae,
     pgdl_conditional_mi,
     pgdl_score,
+    pgdl_score_pair_weighted,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "pacbayes_flatness",
     "pgdl_conditional_mi",
     "pgdl_score",
+    "pgdl_score_pair_weighted",
 ]

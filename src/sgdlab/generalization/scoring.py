@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["granulated_kendall", "kendall_tau", "mae", "pgdl_conditional_mi", "pgdl_score"]
+__all__ = ["granulated_kendall", "kendall_tau", "mae", "pgdl_conditional_mi", "pgdl_score", "pgdl_score_pair_weighted"]
 
 
 def _vec(name: str, a, n: int | None = None) -> np.ndarray:
@@ -126,10 +126,16 @@ def _entropy(counts: np.ndarray) -> np.ndarray:
 
 
 def pgdl_conditional_mi(
-    measure, gap, hparams: Mapping[str, object], include_self_pairs: bool = False
+    measure, gap, hparams: Mapping[str, object], include_self_pairs: bool = True,
+    weighting: str = "uniform",
 ) -> dict[tuple[str, ...], float]:
     """Normalised conditional mutual information ``I(V_m; V_g | U_S) / H(V_g | U_S)`` per
-    conditioning set S (see ``pgdl_score`` for the definition); ``nan`` where ``H = 0``."""
+    conditioning set S (see ``pgdl_score`` for the definition); ``nan`` where ``H = 0``.
+
+    ``weighting="uniform"`` (the organisers'): per-cell MI and entropy averaged uniformly over all
+    ``|Theta_S|^2`` cells, empty cells adding 0; ``"pairs"``: weighted by each cell's share of pairs."""
+    if weighting not in ("uniform", "pairs"):
+        raise ValueError(f"weighting={weighting!r}: allowed 'uniform', 'pairs'")
     m = _vec("measure", measure)
     g = _vec("gap", gap, m.shape[0])
     codes = _hparams(hparams, m.shape[0])
@@ -158,35 +164,45 @@ def pgdl_conditional_mi(
         h_m = _entropy(joint.sum(axis=1))
         h_gm = _entropy(tab)
         mi = h_g + h_m - h_gm  # I(V_m; V_g | U = u) per cell
-        denom = float((p_u * h_g).sum())
-        out[s] = float((p_u * mi).sum() / denom) if denom > 0 else float("nan")
+        # uniform: mean over the |Theta_S|^2 cells with empty cells adding 0 to both averages, so the
+        # ratio of the averages is the ratio of the sums over the non-empty cells
+        w = p_u if weighting == "pairs" else np.ones_like(p_u)
+        denom = float((w * h_g).sum())
+        out[s] = float((w * mi).sum() / denom) if denom > 0 else float("nan")
     return out
 
 
-def pgdl_score(
-    measure, gap, hparams: Mapping[str, object], include_self_pairs: bool = False
-) -> float:
-    """PGDL competition score (NeurIPS 2020; Jiang et al., Fantastic..., Sec. 6), in [0, 100].
+def pgdl_score(measure, gap, hparams: Mapping[str, object]) -> float:
+    """PGDL competition score (NeurIPS 2020; Jiang et al., Fantastic..., Sec. 6), in [0, 100], as the
+    organisers' ``scoring_program/mutual_information.py`` computes it, so it is comparable with the
+    leaderboard (the winner scored 22.92 as the mean of 4 final tasks).
 
-    Exact definition used here. Over ordered pairs of distinct models ``(a, b)``:
-    ``V_g = [gap_a > gap_b]``, ``V_m = [measure_a > measure_b]`` (ties count as "not greater",
-    as in the organisers' scoring script). For a conditioning set S of two hyper-parameters,
-    ``U_S = (theta_S(a), theta_S(b))``; ``p(U_S)`` is the fraction of pairs in each cell. Then
-    ``I(V_m; V_g | U_S) = sum_u p(u) I(V_m; V_g | U_S = u)``, normalised by
-    ``H(V_g | U_S) = sum_u p(u) H(V_g | U_S = u)``, and
-    ``score = 100 * min_S I(V_m; V_g | U_S) / H(V_g | U_S)`` over all pairs S of distinct
-    hyper-parameters (with one hyper-parameter, S is that one). Sets with ``H = 0`` (the gap
-    never changes order within a cell) carry no information and are skipped; all skipped -> nan.
+    Over *all* ordered pairs of models ``(a, b)``, self-pairs ``a == b`` included:
+    ``V_g = [gap_a > gap_b]``, ``V_m = [measure_a > measure_b]`` (ties count as "not greater").
+    For a conditioning set S of two hyper-parameters, a cell is ``U_S = (theta_S(a), theta_S(b))``.
+    Per cell, the mutual information ``I(V_m; V_g | U_S = u)`` and the entropy ``H(V_g | U_S = u)``;
+    both are averaged uniformly over all ``|Theta_S|^2`` cells (empty cells add 0); the score is
+    ``100 * min_S mean_u I / mean_u H`` over pairs S of distinct hyper-parameters (with one
+    hyper-parameter, S is that one). Sets where the gap never changes order carry no information and
+    are skipped; all skipped -> nan.
 
-    Differences from the organisers' script, which averaged the per-cell quantities uniformly
-    over all ``|Theta_S|^2`` cells and looped over all ordered pairs including ``a == b``: on a
-    complete grid with equal replicates the cell weights coincide; ``include_self_pairs=True``
-    adds the ``a == b`` pairs (which always land in the "-gap, -measure" corner).
-
-    Known weakness: mutual information is blind to the direction of the dependence, so a measure
-    ranking models exactly backwards also scores 100; report the signed ``kendall_tau`` with it.
-    ``gap`` is the generalization gap ``train_acc - test_acc`` (= ``test_err - train_err``).
+    The self-pairs always land in the "-gap, -measure" corner, which makes the score notice the
+    direction of a measure: a measure that ranks models exactly backwards scores less than one that
+    ranks them right (without them, mutual information is sign-blind). Report the signed
+    ``kendall_tau`` beside it anyway. ``gap`` is the generalization gap ``train_acc - test_acc``
+    (= ``test_err - train_err``) on each model's own training data.
     """
-    vals = [v for v in pgdl_conditional_mi(measure, gap, hparams, include_self_pairs).values()]
-    vals = [v for v in vals if np.isfinite(v)]
+    return _min_score(pgdl_conditional_mi(measure, gap, hparams, include_self_pairs=True, weighting="uniform"))
+
+
+def pgdl_score_pair_weighted(measure, gap, hparams: Mapping[str, object]) -> float:
+    """A variant of :func:`pgdl_score` (not the competition's number): self-pairs dropped and cells
+    weighted by their share of pairs, ``sum_u p(u) I_u / sum_u p(u) H_u``. It coincides with the
+    official score only on complete grids with equal replicates *and* self-pairs; without self-pairs
+    it is exactly blind to the sign of the measure."""
+    return _min_score(pgdl_conditional_mi(measure, gap, hparams, include_self_pairs=False, weighting="pairs"))
+
+
+def _min_score(per_set: dict[tuple[str, ...], float]) -> float:
+    vals = [v for v in per_set.values() if np.isfinite(v)]
     return 100.0 * min(vals) if vals else float("nan")

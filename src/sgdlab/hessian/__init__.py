@@ -53,7 +53,7 @@ from .probe import (
 )
 from .results import DensityResult, EigenResult, TraceResult
 from .slq import slq
-from .stability import stability_threshold
+from .stability import optimizer_kind, stability_threshold
 
 __all__ = [
     "DensityResult",
@@ -76,6 +76,7 @@ __all__ = [
     "probe_subset",
     "slq",
     "spectral_density",
+    "optimizer_kind",
     "stability_threshold",
     "top_eigenvalues",
     "trace",

@@ -66,10 +66,11 @@ FIGURES = [
      "Each point is one classifier: its predicted test error (GAN synthetic test set, validation set, or other "
      "predictors) against its true test error. Points on the dashed y = x line are exact predictions. MAE (in "
      "percentage points) and signed Kendall τ are computed from the points shown."),
-    (5, REPORT_FIGURES[4], "Generalization measures vs true test error",
-     "One panel per generalization measure (higher means predicted worse generalization), points coloured by "
-     "optimizer; signed Kendall τ between the measure and the true test error in each title (τ > 0 is the "
-     "right direction)."),
+    (5, REPORT_FIGURES[4], "Generalization measures vs generalization gap",
+     "One panel per generalization measure (higher means predicted worse generalization), against the "
+     "generalization gap (test − train error on each run's own training data, percentage points), points "
+     "coloured by optimizer; signed Kendall τ between the measure and the gap in each title (τ > 0 is the "
+     "right direction; Jiang et al. 2020 rank measures against the gap)."),
     (6, REPORT_FIGURES[5], "Final test accuracy per group",
      "Final test accuracy per (optimizer, learning rate, batch size, variant) group: mean ± std over finished "
      "seeds; diverged/failed runs are counted next to the bar, not averaged."),

@@ -1,5 +1,6 @@
 """Figures of the generalization side: predicted vs true test error (the GAN predictor of Zhang, Gupta,
-Saunshi, Arora, ICLR 2022, and baselines) and generalization measures vs true test error.
+Saunshi, Arora, ICLR 2022, and baselines) and generalization measures vs the generalization gap (the
+target Jiang et al. 2020 and the PGDL competition rank measures against).
 
 MAE and Kendall tau shown in the figures are computed from the points drawn (signed tau-b, as
 ``scipy.stats.kendalltau``), so every number can be checked against its own picture; the official
@@ -77,9 +78,11 @@ def predicted_vs_true(predictions: list[dict[str, Any]] | None) -> Figure:
 @styled
 def measures_vs_error(predictions: list[dict[str, Any]] | None) -> Figure:
     """Figure 5: one panel per ``measure/<name>`` column: the measure (higher = predicted worse) vs true
-    test error (%), points coloured by optimizer, signed Kendall tau in each title (Jiang et al. 2020,
-    "Fantastic Generalization Measures": a good measure has tau near +1)."""
-    true = _need_true(predictions)
+    generalization gap (test error - train error, on each run's own training data; in percentage
+    points), points coloured by optimizer, signed Kendall tau against the gap in each title (Jiang et al.
+    2020, "Fantastic Generalization Measures": a good measure has tau near +1)."""
+    _need_true(predictions)
+    true = column(predictions, "true/gap") * 100
     cols = prefixed_columns(predictions, "measure/")
     if not cols:
         raise SkipFigure("predictions.parquet has no measure/* columns (no generalization measure was evaluated)")
@@ -103,10 +106,10 @@ def measures_vs_error(predictions: list[dict[str, Any]] | None) -> Figure:
         name = c.removeprefix("measure/")
         ax.set_title(f"{name}\nτ = {tau:+.2f} (n={int(ok.sum())})")
         ax.set_xlabel(name + (" (log scale)" if ax.get_xscale() == "log" else ""))
-        ax.set_ylabel("true test error (%)")
+        ax.set_ylabel("generalization gap (pp)")
         if not ok.any():
             ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center")
     handles = [Line2D([], [], ls="", marker="o", color=colors[o], mec="black", mew=0.4, label=o) for o in colors]
     fig.legend(handles=handles, loc="outside right upper", title="optimizer")
-    fig.suptitle("Generalization measures vs true test error\n(τ > 0: a higher measure goes with a higher error)")
+    fig.suptitle("Generalization measures vs generalization gap\n(τ > 0: a higher measure goes with a larger gap)")
     return fig

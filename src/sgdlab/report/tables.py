@@ -94,8 +94,12 @@ def hessian_table(runs: list[dict[str, Any]]) -> Table | None:
             "precond. λ_max", "threshold", "sharpness / threshold", "trace ± stderr"]
     rows = []
     for r in _sort(probed):
+        # raw lambda_max is never divided by a preconditioned threshold (Adam-kind runs: adam, adamw,
+        # rmsprop_bc, svag_adam); tables written before the flag existed fall back to the name
+        precond_thr = r.get("hessian/threshold_preconditioned")
+        precond_thr = bool(precond_thr) if is_num(precond_thr) else str(r.get("optimizer")) in ("adam", "adamw")
         sharp = r.get("hessian/precond_lambda_max") if is_num(r.get("hessian/precond_lambda_max")) \
-            else (None if str(r.get("optimizer")) in ("adam", "adamw") else r.get("hessian/lambda_max"))
+            else (None if precond_thr else r.get("hessian/lambda_max"))
         thr = r.get("hessian/threshold")
         ratio = sharp / thr if is_num(sharp) and is_num(thr) and thr else None
         rows.append((*([str(r.get("model"))] if multi else []), str(r.get("optimizer")), fmt(r.get("lr")),
@@ -116,12 +120,15 @@ def scores_table(scores: list[dict[str, Any]]) -> Table:
     rows, classes = [], []
     for s in order:
         tau = s.get("kendall_tau")
-        rows.append((str(s.get("predictor")), str(s.get("kind")),
+        target = {"gap": "generalization gap", "test_err": "test error"}.get(s.get("target"), "test error")
+        rows.append((str(s.get("predictor")), str(s.get("kind")), target,
                      fmt(s["mae"] * 100 if is_num(s.get("mae")) else None),
                      f"{tau:+.3f}" if is_num(tau) else "–", fmt(s.get("psi")), fmt(s.get("pgdl"))))
         classes.append("warn" if is_num(tau) and tau < 0 else "")
-    return Table("Predictor scores", ("predictor", "kind", "MAE (pp)", "Kendall τ (signed)", "Ψ (granulated)",
-                                      "PGDL"), tuple(rows),
-                 "MAE of predicted vs true test error in percentage points (error predictors only). Kendall τ is "
-                 "signed: a measure that ranks models backwards has τ < 0 (highlighted) although its PGDL score "
-                 "can still be high.", tuple(classes))
+    return Table("Predictor scores", ("predictor", "kind", "scored against", "MAE (pp)", "Kendall τ (signed)",
+                                      "Ψ (granulated)", "PGDL"), tuple(rows),
+                 "Predictors of test error are scored against the true test error (MAE in percentage points, "
+                 "Kendall τ, Ψ); generalization measures against the generalization gap (test − train error on "
+                 "each run's own training data), as in Jiang et al. 2020. PGDL is the competition's official "
+                 "score (self-pairs included, uniform over cells) against the gap. Kendall τ is signed: τ < 0 "
+                 "(highlighted) ranks models backwards.", tuple(classes))
