@@ -274,3 +274,28 @@ def test_cuda_operator_matches_cpu_and_keeps_cuda_rng():
     torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(H).flip(0)[:2],
                                atol=1e-8, rtol=0)
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_fwd_over_rev_works_on_the_regression_loss_and_names_the_limit_of_f_mse_loss():
+
+    from sgdlab.hessian import HessianOperator
+    from sgdlab.models import build_model
+    from sgdlab.train import loss_fn
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (4,), 1, seed=0, widths=[3], activation="tanh").double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+
+    def reg(out, t):
+        return loss_fn("regression", out, t)
+
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    hv_fwd = HessianOperator(model, reg, (x, y), backend="fwd_over_rev").matvec(v)
+    hv_rev = HessianOperator(model, reg, (x, y), backend="double_backward").matvec(v)
+    assert torch.allclose(hv_fwd, hv_rev, atol=1e-12) and hv_rev.abs().max() > 0
+
+    def torch_mse(out, t):
+        return F.mse_loss(out.squeeze(-1), t)
+
+    with pytest.raises(RuntimeError, match=r"fwd_over_rev.*ZeroTensor.*backend='double_backward'"):
+        HessianOperator(model, torch_mse, (x, y), backend="fwd_over_rev").matvec(v)

@@ -154,3 +154,20 @@ def test_sweep_on_a_dask_local_cluster(prefect_harness, mlflow_store, tmp_path, 
     out = run_phase(cfg, "sweep")
     assert [r["status"] for r in out["rows"]] == ["finished", "finished"]
     assert len(_children()) == 2
+
+
+def test_variants_keep_the_schedule_in_epochs_or_sde_time():
+    """A step decay at 50% of the base run happens at 50% of every variant: /kappa for linear and
+    square-root (same epochs), x l for SVAG-SGD and x l^2 for SVAG-Adam (same SDE time)."""
+    sched = {"kind": "step", "step_size": 20, "gamma": 0.5, "warmup_steps": 0}
+    cfg = _cfg(train={"steps": 40, "schedule": sched},
+               sweep={"optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "rmsprop_bc", "lr": 0.001}],
+                      "seeds": [0], "variants": [{"rule": "linear", "factor": 2}, {"rule": "svag", "factor": 2},
+                                                 {"rule": "sqrt", "factor": 2}]})
+    specs = {(s.optimizer, s.variant): s for s in expand(cfg, _data(), 180)}
+    for s in specs.values():
+        assert s.loop["schedule"]["step_size"] / s.steps == pytest.approx(0.5), (s.optimizer, s.variant)
+    assert specs[("sgd", "linearx2")].loop["schedule"]["step_size"] == 10
+    assert specs[("svag", "svagx2")].loop["schedule"]["step_size"] == 40
+    assert specs[("svag_adam", "svagx2")].loop["schedule"]["step_size"] == 80  # l^2 x as many steps
+    assert specs[("rmsprop_bc", "sqrtx2")].loop["schedule"]["step_size"] == 10

@@ -318,3 +318,14 @@ def test_every_registered_optimizer_runs_through_the_loop():
         assert res.status == "finished", (spec.name, res.reason)
         assert math.isfinite(res.metrics["train/loss"]), spec.name
         assert all(p.grad is None for p in model.parameters()), spec.name
+
+
+def test_gradient_accumulation_with_batchnorm_warns_of_ghost_batchnorm():
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)
+    model = build_model("resnet", (3, 8, 8), 10, seed=0)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    cfg = LoopConfig(steps=1, batch_size=16, physical_batch_size=8, final_eval=False)
+    with pytest.warns(UserWarning, match=r"ghost BatchNorm"):
+        train(model, "sgd", {"lr": 0.01}, DataTensors(x, y, x, y), cfg)

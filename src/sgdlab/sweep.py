@@ -81,7 +81,28 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
 
     return replace(spec, optimizer=out.optimizer, hparams=resolve_hparams(out.optimizer, out.hparams),
                    batch_size=out.batch_size, steps=out.steps, variant=f"{v.rule}x{v.factor:g}",
-                   base_key=spec.key)
+                   base_key=spec.key, loop={**spec.loop, "schedule": map_schedule(spec.loop["schedule"],
+                                                                                spec.steps, out.steps)})
+
+
+STEP_FIELDS = ("warmup_steps", "step_size")  # schedule fields counted in optimizer steps
+
+
+def map_schedule(schedule: dict[str, Any], base_steps: int, new_steps: int) -> dict[str, Any]:
+    """The base run's schedule for a variant that runs ``new_steps`` instead of ``base_steps``.
+
+    A schedule means points in *epochs* (linear and square-root rules: same epochs, batch x kappa, so
+    steps / kappa; Goyal et al. 2017, Malladi et al. 2022) or in *SDE time* (SVAG: t = steps x lr is kept,
+    steps x l for SGD, x l^2 for Adam; Li, Malladi, Arora 2021). Both are the same fraction of the run, so
+    every step-valued field (warm-up length, decay interval) scales by ``new_steps / base_steps``; the
+    cosine horizon is already a fraction of the run. Rounded to whole steps, at least 1 where the kind
+    needs it."""
+    ratio = new_steps / base_steps
+    out = dict(schedule)
+    for key in STEP_FIELDS:
+        if key in out and out[key]:
+            out[key] = max(1, int(round(out[key] * ratio)))
+    return out
 
 
 def _check_loop(cfg: Config, loop: dict[str, Any], batch_size: int, steps: int) -> None:

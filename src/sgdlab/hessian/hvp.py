@@ -122,7 +122,16 @@ class HessianOperator(ModelOperator):
             return self.batch_loss(self.forward(theta, b), b)
 
         with self.context():
-            _, hv = jvp(grad(loss_of, argnums=argnums), tuple(self._theta), tuple(vs))
+            try:
+                _, hv = jvp(grad(loss_of, argnums=argnums), tuple(self._theta), tuple(vs))
+            except RuntimeError as exc:
+                if "ZeroTensors are immutable" not in str(exc):
+                    raise
+                # torch's forward-mode formulas of some losses (F.mse_loss among them) write into a ZeroTensor
+                raise RuntimeError(
+                    "HessianOperator(backend='fwd_over_rev') cannot differentiate this loss (torch forward-mode "
+                    "AD hits an immutable ZeroTensor, e.g. in F.mse_loss): use backend='double_backward' (the "
+                    "default) or write the loss without it, e.g. ((out - y) ** 2).mean()") from None
         return hv
 
     # ---------------------------------------------------------------------------- matvec ---

@@ -45,8 +45,17 @@ def check_data(data: Any, cfg: LoopConfig) -> None:
 
 
 def probe_model(model: nn.Module, data: DataTensors, cfg: LoopConfig) -> None:
-    """One eval-mode forward on 2 samples: shape mismatches surface here, naming both shapes."""
+    """One eval-mode forward on 2 samples: shape mismatches surface here, naming both shapes. Warns when
+    gradient accumulation meets BatchNorm (ghost BatchNorm: the update is no longer the full-batch one)."""
     name, shape = type(model).__name__, tuple(data.x_train.shape[1:])
+    if cfg.micro_batches > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        import warnings
+
+        warnings.warn(
+            f"physical_batch_size={cfg.physical_batch_size} < batch_size={cfg.batch_size} with BatchNorm in "
+            f"{name}: ghost BatchNorm. Each of the {cfg.micro_batches} micro-batches is normalised with its own "
+            "statistics and updates the running statistics once, so the update differs from the full-batch "
+            "one (gradient accumulation is exact only without BatchNorm)", UserWarning, stacklevel=3)
     was_training = model.training
     model.eval()  # eval: BatchNorm must not update its running statistics here
     try:

@@ -24,7 +24,8 @@ class LoopConfig:
 
     steps: optimizer updates (> 0); each uses ``batches_per_step`` minibatches of ``batch_size``.
     batch_size: the algorithm's batch B. physical_batch_size: micro-batch size that must divide B
-    (None = B); gradients are accumulated so one update equals the full-batch update.
+    (None = B); gradients are accumulated so one update equals the full-batch update, except with
+    BatchNorm (ghost BatchNorm: each micro-batch uses its own statistics; the loop warns).
     schedule: lr schedule (a :class:`Schedule` or a dict of its fields).
     log_every: steps between ``train/loss``, ``train/acc``, ``lr`` points (and divergence checks).
     eval_every: steps between test-set evaluations (0 = only the final one).
