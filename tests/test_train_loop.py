@@ -329,3 +329,22 @@ def test_gradient_accumulation_with_batchnorm_warns_of_ghost_batchnorm():
     cfg = LoopConfig(steps=1, batch_size=16, physical_batch_size=8, final_eval=False)
     with pytest.warns(UserWarning, match=r"ghost BatchNorm"):
         train(model, "sgd", {"lr": 0.01}, DataTensors(x, y, x, y), cfg)
+
+
+def test_the_minibatches_of_one_step_are_independent_draws():
+    """SVAG's two batches per step come from independent streams: with one permutation they would always
+    be disjoint (noise multiplier l + (l-1)B/(N-B) instead of l); independent epoch-wise draws overlap
+    with probability 1 - C(N-B, B)/C(N, B) = 0.234 for N=64, B=4."""
+    from math import comb
+
+    from sgdlab.train.batching import make_samplers
+
+    s0, s1 = make_samplers("epoch", 64, 4, torch.device("cpu"), [1, 2])
+    overlap = sum(bool(set(s0.next_indices().tolist()) & set(s1.next_indices().tolist())) for _ in range(4000))
+    assert overlap / 4000 == pytest.approx(1 - comb(60, 4) / comb(64, 4), abs=0.025)
+    iid = make_samplers("iid", 10, 5, torch.device("cpu"), [0])[0]
+    draws = torch.stack([iid.next_indices() for _ in range(2000)])
+    repeats = (draws.sort(dim=1).values.diff(dim=1) == 0).any(dim=1).float().mean().item()
+    assert repeats == pytest.approx(1 - (10 * 9 * 8 * 7 * 6) / 10**5, abs=0.03)  # with replacement: 0.698
+    with pytest.raises(ValueError, match=r"sampling='shuffled'"):
+        LoopConfig(steps=1, sampling="shuffled")

@@ -167,6 +167,7 @@ class TrainConfig(_Frozen):
     blowup_factor: float = Field(1e4, gt=1.0)
     amp_bf16: bool = False
     compile: bool = False
+    sampling: Literal["epoch", "iid"] = "epoch"  # iid: with replacement, as the SDE theory assumes
 
     @field_validator("dataset")
     @classmethod

@@ -43,6 +43,7 @@ def loop_settings(cfg: Config) -> dict[str, Any]:
         "blowup_factor": t.blowup_factor,
         "amp_bf16": t.amp_bf16,
         "compile": t.compile,
+        "sampling": t.sampling,
     }
 
 

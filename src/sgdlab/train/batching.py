@@ -59,3 +59,30 @@ class EpochSampler:
         self.generator.set_state(state["generator"])
         self.perm = state["perm"].to(self.device)
         self.pos, self.epoch = int(state["pos"]), int(state["epoch"])
+
+
+class IIDSampler(EpochSampler):
+    """Minibatch indices drawn i.i.d. uniformly *with* replacement: the sampling the SDE view of SGD
+    assumes (Li, Malladi, Arora 2021); ``epoch`` counts ``n`` samples drawn."""
+
+    def __init__(self, n: int, batch_size: int, device: torch.device, seed: int) -> None:
+        super().__init__(n, batch_size, device, seed)
+        self.pos = 0  # samples drawn so far (no permutation to start)
+
+    def next_indices(self) -> torch.Tensor:
+        idx = torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.device)
+        self.pos += self.batch_size
+        self.epoch = self.pos // self.n
+        return idx
+
+
+SAMPLINGS = {"epoch": EpochSampler, "iid": IIDSampler}
+
+
+def make_samplers(kind: str, n: int, batch_size: int, device, seeds: list[int]) -> list[EpochSampler]:
+    """One sampler per minibatch a step draws (``seeds[k]`` for the k-th): the k-th batches of a step come
+    from independent streams, so the two batches of SVAG are independent draws (one permutation would
+    make them disjoint, i.e. negatively correlated: noise x ``l + (l-1) B/(N-B)`` instead of ``l``)."""
+    if kind not in SAMPLINGS:
+        raise ValueError(f"sampling={kind!r}; allowed: {', '.join(SAMPLINGS)}")
+    return [SAMPLINGS[kind](n, batch_size, device, seed) for seed in seeds]

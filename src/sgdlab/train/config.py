@@ -37,6 +37,9 @@ class LoopConfig:
     compile: ``torch.compile`` the model (CUDA only; ignored with a warning on CPU).
     task: "classification" (cross-entropy, int labels) or "regression" (mean squared error).
     final_eval: evaluate train and test sets fully at the end (TrainResult.metrics).
+    sampling: "epoch" (each epoch a fresh permutation, no repeats within it) or "iid" (uniform with
+    replacement, as the SDE theory assumes). Families drawing several minibatches per step (SVAG) draw
+    each from its own independent stream.
     """
 
     steps: int
@@ -54,6 +57,7 @@ class LoopConfig:
     compile: bool = False
     task: str = "classification"
     final_eval: bool = True
+    sampling: str = "epoch"
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, dict):
@@ -78,6 +82,8 @@ class LoopConfig:
         if not (isinstance(self.blowup_factor, (int, float)) and self.blowup_factor > 1):
             raise ValueError(f"LoopConfig: blowup_factor={self.blowup_factor!r} must be > 1 "
                              "(math.inf disables the check)")
+        if self.sampling not in ("epoch", "iid"):
+            raise ValueError(f"LoopConfig: sampling={self.sampling!r} is not one of ['epoch', 'iid']")
         if self.task not in TASKS:
             raise ValueError(f"LoopConfig: task={self.task!r} is not one of {list(TASKS)}")
         if not isinstance(self.device, str):

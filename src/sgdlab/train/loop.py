@@ -23,7 +23,7 @@ from torch import nn
 
 from sgdlab.optim import build_optimizer
 
-from .batching import EpochSampler
+from .batching import make_samplers
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from .checks import check_data, check_optimizer, probe_model, resolve_device
 from .config import DataTensors, LoopConfig, TrainResult
@@ -106,7 +106,9 @@ def train(
     was_training = model.training
     optimizer = build_optimizer(optimizer_name, model.named_parameters(), resolved)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    sampler = EpochSampler(xt.shape[0], cfg.batch_size, device, _derive_seed(cfg.seed, 0))
+    # the k-th minibatch of a step from its own stream (stream 0: the single-batch families, unchanged)
+    samplers = make_samplers(cfg.sampling, xt.shape[0], cfg.batch_size, device,
+                             [_derive_seed(cfg.seed, 0)] + [_derive_seed(cfg.seed, 100 + k) for k in range(1, bps)])
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp_bf16 and use_cuda else None
     fwd = torch.compile(model) if cfg.compile and use_cuda else model
     rng_devices = _rng_devices(device)
@@ -114,7 +116,7 @@ def train(
         torch.default_generator.manual_seed(_derive_seed(cfg.seed, 1))
         for i in rng_devices:
             torch.cuda.default_generators[i].manual_seed(_derive_seed(cfg.seed, 1))
-        run = _Run(model, fwd, optimizer, spec, resolved, bps, sampler, data, cfg, amp, base_lrs,
+        run = _Run(model, fwd, optimizer, spec, resolved, bps, samplers, data, cfg, amp, base_lrs,
                    metric_sink, on_step, make_progress(progress, cfg.steps), device)
         try:
             if ckpt is not None:
@@ -130,11 +132,12 @@ def train(
 class _Run:
     """State of one training run; split out of :func:`train` to keep the loop readable."""
 
-    def __init__(self, model, fwd, optimizer, spec, hparams, bps, sampler, data, cfg, amp,
+    def __init__(self, model, fwd, optimizer, spec, hparams, bps, samplers, data, cfg, amp,
                  base_lrs, sink, on_step, progress, device):
         self.model, self.fwd, self.opt, self.spec = model, fwd, optimizer, spec
         self.hparams = hparams
-        self.bps, self.sampler, self.data, self.cfg, self.amp = bps, sampler, data, cfg, amp
+        self.bps, self.samplers, self.data, self.cfg, self.amp = bps, samplers, data, cfg, amp
+        self.sampler = samplers[0]
         self.base_lrs, self.sink, self.on_step, self.progress = base_lrs, sink, on_step, progress
         self.device = device
         self.step = 0  # completed updates
@@ -212,8 +215,8 @@ class _Run:
             self.batches = [(xt[idx], y, y)]
             return
         batches = []
-        for _ in range(self.bps):
-            idx = next_indices()  # (B,)
+        for k in range(self.bps):
+            idx = self.samplers[k].next_indices()  # (B,): independent streams across k
             y = yt[idx]
             # label-noise SGD: fresh noise per drawn minibatch; accuracy is against clean labels
             y_used = y if self.perturb is None else self.perturb(y, self.sampler.generator)
@@ -353,6 +356,7 @@ class _Run:
             "hparams": dict(self.hparams),
             "config": self.cfg.to_dict(),
             "sampler": self.sampler.state_dict(),
+            "samplers_extra": [smp.state_dict() for smp in self.samplers[1:]],
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": cuda_rng,
             "loss0": None if self.loss0 is None else self.loss0.detach().cpu(),
@@ -367,6 +371,8 @@ class _Run:
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sampler.load_state_dict(ckpt["sampler"])
+        for smp, state in zip(self.samplers[1:], ckpt.get("samplers_extra", [])):
+            smp.load_state_dict(state)
         torch.set_rng_state(ckpt["cpu_rng"])
         if ckpt["cuda_rng"] is not None and dev.type == "cuda":
             torch.cuda.set_rng_state(ckpt["cuda_rng"], dev)
