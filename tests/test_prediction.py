@@ -32,6 +32,8 @@ def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store, monkeypa
     x, y, meta = load_synthetic(out["synthetic"], meta_hash := _hash(tmp_path / "data"))
     assert torch.isfinite(x).all() and x.shape == (40, 1, 28, 28) and sorted(set(y.tolist())) == list(range(10))
     assert np.isfinite(out["frechet_synthetic_vs_val"]) and np.isfinite(out["frechet_train_vs_val"])
+    assert np.isfinite(out["frechet_synthetic_vs_train"])
+    assert np.isnan(out["frechet_synthetic_vs_test"])  # the (poisoned) test split is only in this diagnostic
     assert meta["data_hash"] == meta_hash and meta["generator_hash"] == out["generator_hash"]
     again = run_local(cfg, "gan")  # same config and data: reused
     assert again["trained"] is False and again["generator_hash"] == out["generator_hash"]
@@ -112,3 +114,13 @@ def test_measures_are_scored_against_the_gap_and_predictors_against_test_error()
     assert scores["lambda_max"]["target"] == "gap" and scores["lambda_max"]["kendall_tau"] == pytest.approx(1.0)
     assert scores["gan"]["target"] == "test_err" and scores["gan"]["kendall_tau"] == pytest.approx(1.0)
     assert scores["gan"]["mae"] == pytest.approx(0.01) and scores["lambda_max"]["mae"] is None
+
+
+def test_classifiers_outside_the_gans_training_set_get_no_gan_prediction():
+    rows = [{"run_key": str(i), "lr": lr, "train_fraction": f, "true/test_err": 0.1 * (i + 1), "true/train_err": 0.0,
+             "true/gap": 0.1 * (i + 1), "pred/gan": (0.1 * (i + 1) + 0.01) if f == 1.0 else float("nan"),
+             "pred/val": 0.1 * (i + 1)}
+            for i, (lr, f) in enumerate([(0.1, 1.0), (0.2, 1.0), (0.4, 0.05), (0.8, 1.0)])]
+    scores = {s["predictor"]: s for s in score_predictors(rows)}
+    assert scores["gan"]["n_models"] == 3 and scores["gan"]["mae"] == pytest.approx(0.01)
+    assert scores["val"]["n_models"] == 4

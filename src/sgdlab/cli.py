@@ -150,6 +150,10 @@ def gan_train(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = Se
     typer.echo(f"synthetic set: {out['synthetic']}  (generator {out['generator_hash'][:12]}, "
                f"{'trained' if out['trained'] else 'reused'}"
                + (f", class-conditional Frechet distance to held-out data {fd:.2f})" if fd is not None else ")"))
+    if out.get("frechet_synthetic_vs_test") is not None:
+        typer.echo(f"class-conditional Frechet distance of the synthetic set to test data "
+                   f"{out['frechet_synthetic_vs_test']:.2f}, to training data {out['frechet_synthetic_vs_train']:.2f} "
+                   "(Zhang et al. 2022: closer to test than to train)")
     typer.echo(f"sample grid: {out['grid']}")
 
 

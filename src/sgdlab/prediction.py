@@ -43,14 +43,16 @@ def data_range(splits) -> tuple[float, float]:
 
 def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg, paths: dict[str, Path], *,
                      n_per_class: int, seed: int, x_ref=None, y_ref=None, range_: tuple[float, float] = (0.0, 1.0),
-                     frechet_steps: int = 400, class_names: list[str] | None = None,
+                     frechet_steps: int = 400, class_names: list[str] | None = None, diagnostics=None,
                      metric_sink: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
     ``paths``: where to write (``generator``, ``synthetic``, ``samples``, ``meta``: the gan phase's outputs
     in the Study's table). ``x_ref, y_ref``: held-out *training-distribution* data for the Frechet distance
-    (the validation part); never the test split. Reuses the generator when it exists with the same config
-    and data hash.
+    (the validation part). ``diagnostics``: ``{"test": (x, y)}`` for the paper's own diagnostic (Zhang et
+    al. 2022: the synthetic set is closer to the test data than to the training data), used only after the
+    generator is trained and sampled, never by GAN training. Reuses the generator when it exists with the
+    same config and data hash.
     Returns a dict of paths and figures (small; safe to pass between tasks)."""
     from sgdlab.data.parquet import write_split
     from sgdlab.gan import (
@@ -95,6 +97,16 @@ def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg
         fd["frechet_synthetic_vs_val"] = class_conditional_frechet(net, x_syn, y_syn, x_ref, y_ref, num_classes).mean
         n = min(len(x_train), max(len(x_ref), 2000))
         fd["frechet_train_vs_val"] = class_conditional_frechet(net, x_train[:n], y_train[:n], x_ref, y_ref, num_classes).mean
+        # the paper's diagnostic: synthetic vs test and vs (a same-size sample of) the training data
+        fd["frechet_synthetic_vs_train"] = class_conditional_frechet(net, x_syn, y_syn, x_train[:n], y_train[:n],
+                                                                     num_classes).mean
+        for name, (xd, yd) in (diagnostics or {}).items():
+            try:
+                fd[f"frechet_synthetic_vs_{name}"] = class_conditional_frechet(net, x_syn, y_syn, xd, yd,
+                                                                               num_classes).mean
+            except ValueError as exc:  # e.g. a class with < 2 examples, non-finite data: no number, a reason
+                fd[f"frechet_synthetic_vs_{name}"] = float("nan")
+                fd[f"frechet_synthetic_vs_{name}_skipped"] = str(exc)
     meta = {**want, "generator_hash": g_hash, "wall_time_s": res.wall_time_s, "steps": res.steps, **fd}
     meta_path.write_text(json.dumps(meta, indent=2))
     return {"checkpoint": str(ckpt), "synthetic": str(syn_path), "grid": str(grid), "generator_hash": g_hash,
@@ -178,7 +190,10 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
         row = {"run_key": run["run_key"], **{a: run.get(a) for a in AXES}, "seed": spec.seed, "n_train": len(x_own),
                "true/test_err": classification_error(model, splits.x_test, splits.y_test)}
         row["true/train_err"] = TrainErrorPredictor(x_own, y_own).predict(model)
-        row["pred/gan"], row["pred/val"], row["pred/train_err"] = gan.predict(model), val.predict(model), row["true/train_err"]
+        # Zhang et al. train the GAN on the classifiers' own training set: a classifier trained on a subset
+        # of the GAN's training data is outside the protocol, so it gets no GAN prediction (NaN; not scored)
+        row["pred/gan"] = gan.predict(model) if spec.train_fraction >= 1.0 else float("nan")
+        row["pred/val"], row["pred/train_err"] = val.predict(model), row["true/train_err"]
         probed = probe_rows.get(run["run_key"], {})
         row["measure/lambda_max"] = probed.get("hessian/lambda_max") or SharpnessPredictor(
             xp, yp, loss_fn=loss, tol=hessian.get("tol", 1e-3)).predict(model)
@@ -212,17 +227,21 @@ def score_predictors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     varied = {a: [str(r.get(a)) for r in rows] for a in AXES if len({str(r.get(a)) for r in rows}) > 1}
     out = []
     for col in sorted(k for k in rows[0] if k.startswith(("pred/", "measure/"))):
-        vals = np.array([r[col] for r in rows], dtype=float)
+        all_vals = np.array([np.nan if r.get(col) is None else r[col] for r in rows], dtype=float)
+        ok = np.isfinite(all_vals)  # e.g. no GAN prediction for classifiers outside the GAN's training set
         kind = "error" if col.startswith("pred/") else "measure"
-        target = true if kind == "error" else gap
-        entry = {"predictor": col.split("/", 1)[1], "kind": kind, "n_models": len(rows),
-                 "target": "test_err" if kind == "error" else "gap",
-                 "mae": mae(vals, true) if kind == "error" else None,
-                 "kendall_tau": kendall_tau(vals, target)}
-        if varied:
-            entry["psi"] = granulated_kendall(vals, target, varied)[0]
-            entry["pgdl"] = pgdl_score(vals if kind == "measure" else vals - train_err, gap, varied)
-        else:
-            entry["psi"] = entry["pgdl"] = None
+        entry = {"predictor": col.split("/", 1)[1], "kind": kind, "n_models": int(ok.sum()),
+                 "target": "test_err" if kind == "error" else "gap", "mae": None, "kendall_tau": None,
+                 "psi": None, "pgdl": None}
+        if ok.sum() >= 2:
+            vals, t, g, tr = all_vals[ok], true[ok], gap[ok], train_err[ok]
+            target = t if kind == "error" else g
+            entry["mae"] = mae(vals, t) if kind == "error" else None
+            entry["kendall_tau"] = kendall_tau(vals, target)
+            sub = [r for r, k in zip(rows, ok) if k]
+            axes = {a: [str(r.get(a)) for r in sub] for a in varied if len({str(r.get(a)) for r in sub}) > 1}
+            if axes:
+                entry["psi"] = granulated_kendall(vals, target, axes)[0]
+                entry["pgdl"] = pgdl_score(vals if kind == "measure" else vals - tr, g, axes)
         out.append(entry)
     return out
