@@ -169,9 +169,17 @@ def test_bad_hparam_fails_before_building():
         build_optimizer("adam", [("w", p)], {"lr": -1.0})
 
 
+def test_muon_sends_input_and_output_layers_to_adamw_by_default():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    muon_group, adamw_group = build_optimizer("muon", model.named_parameters(), {"lr": 0.02}).param_groups
+    assert [p is model[2].weight for p in muon_group["params"]] == [True]  # the one hidden matrix
+    ids = {id(p) for p in adamw_group["params"]}
+    assert {id(model[0].weight), id(model[4].weight), id(model[2].bias)} <= ids and len(ids) == 5
+
+
 def test_muon_routes_matrices_to_muon_and_the_rest_to_adamw():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    opt = build_optimizer("muon", model.named_parameters(), {"lr": 0.02, "adamw_lr": 1e-3})
+    opt = build_optimizer("muon", model.named_parameters(), {"lr": 0.02, "adamw_lr": 1e-3, "io_to_adamw": False})
     muon_group, adamw_group = opt.param_groups
     assert all(p.ndim == 2 for p in muon_group["params"]) and len(muon_group["params"]) == 2
     assert all(p.ndim == 1 for p in adamw_group["params"]) and len(adamw_group["params"]) == 2

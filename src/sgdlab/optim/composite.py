@@ -15,7 +15,8 @@ import torch
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """``torch.optim.Muon`` on 2-D params, ``torch.optim.AdamW`` on the others.
+    """``torch.optim.Muon`` on the hidden 2-D params, ``torch.optim.AdamW`` on the others (with
+    ``io_to_adamw``, the default, the first and last 2-D matrices count as "others": input layer, head).
 
     ``param_groups`` is the Muon group (if any 2-D param) followed by the AdamW group (if any
     other param); both children share this object's ``state`` dict (their params are disjoint),
@@ -25,7 +26,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def __init__(self, named_params, h: dict):
         named = list(named_params)
         mats = [p for _, p in named if p.ndim == 2]  # (out, in) weight matrices -> Muon
-        rest = [p for _, p in named if p.ndim != 2]  # biases, norms, conv kernels -> AdamW
+        io: list[torch.Tensor] = []
+        if h.get("io_to_adamw", True) and mats:
+            # the reference recipe (Jordan et al. 2024): the input layer and the output head are not hidden
+            # weight matrices and go to AdamW; parameters in model order, so first and last 2-D ones
+            io = [mats[0]] + ([mats[-1]] if len(mats) > 1 else [])
+            mats = mats[1:-1]
+        io_ids = {id(p) for p in io}
+        rest = [p for _, p in named if p.ndim != 2 or id(p) in io_ids]  # io, biases, norms, conv kernels
         self.muon = (
             torch.optim.Muon(
                 mats,

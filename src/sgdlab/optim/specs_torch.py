@@ -325,8 +325,9 @@ register(
         family="orthogonalized",
         source=SRC,
         summary=(
-            "torch.optim.Muon (Newton-Schulz orthogonalised momentum, bf16 iteration) on every 2-D "
-            "param; all other params (biases, norms, conv kernels) go to an AdamW with adamw_* "
+            "torch.optim.Muon (Newton-Schulz orthogonalised momentum, bf16 iteration) on the hidden 2-D "
+            "weight matrices; the input and output layers (the reference recipe; io_to_adamw=false puts "
+            "them on Muon too) and all other params (biases, norms, conv kernels) go to an AdamW with adamw_* "
             "hparams inside ONE composite optimizer (step/state_dict/param_groups cover both; group "
             "0.. are Muon groups, the last group is AdamW - lr schedulers scale both)"
         ),
@@ -348,6 +349,8 @@ register(
             HParam("adamw_betas", (0.9, 0.999), "AdamW betas", tuple, "betas", length=2),
             HParam("adamw_eps", 1e-8, "AdamW eps", float, "positive"),
             HParam("adamw_weight_decay", 0.0, "AdamW decoupled weight decay", float, "nonneg"),
+            HParam("io_to_adamw", True, "first and last 2-D weight matrices (input layer, output head) to "
+                   "AdamW, as in Jordan et al.'s recipe (Muon is for hidden layers)", bool),
         ),
     ),
     _build_muon,
