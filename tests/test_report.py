@@ -221,3 +221,19 @@ def test_seed_band_statistics():
     np.testing.assert_allclose(three.mean, [2.0, 3.0, 4.0])
     np.testing.assert_allclose(three.hi - three.mean, [1.0, 1.0, 1.0])  # sample std of (1, 3, 2) etc.
     assert seed_band([[], None]) is None
+
+
+def test_edge_of_stability_marks_unconverged_lanczos_points():
+    from sgdlab.report import edge_of_stability
+
+    runs = [{"run_key": "k", "optimizer": "sgd", "lr": 0.1, "batch_size": 32, "variant": "base", "seed": 0,
+             "model": "mlp", "status": "finished"}]
+    curves = {"k": {"hessian/lambda_max": [(10, 5.0), (20, 12.0), (30, 19.0)],
+                    "hessian/threshold": [(10, 20.0), (20, 20.0), (30, 20.0)],
+                    "hessian/converged": [(10, 1.0), (20, 0.0), (30, 1.0)]}}
+    fig = edge_of_stability(runs, curves)
+    marked = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "Lanczos not converged"]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [20.0]
+    curves["k"]["hessian/converged"] = [(10, 1.0), (20, 1.0), (30, 1.0)]
+    assert not [ln for ax in edge_of_stability(runs, curves).axes for ln in ax.get_lines()
+                if ln.get_label() == "Lanczos not converged"]

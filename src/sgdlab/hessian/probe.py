@@ -178,7 +178,8 @@ class SharpnessProbe:
         op = HessianOperator(model, self.loss_fn, self.data, **self.op_kw)
         lz = {"tol": self.tol, "max_iter": self.max_iter, "seed": self.seed}
         res = lanczos(op, self.k_eigs, **lz)
-        out = {"hessian/lambda_max": float(res.eigenvalues[0])}
+        # 1.0 / 0.0: whether the Ritz values met ``tol`` within ``max_iter`` (the report marks 0.0 points)
+        out = {"hessian/lambda_max": float(res.eigenvalues[0]), "hessian/converged": float(res.converged)}
         for i in range(1, len(res.eigenvalues)):
             out[f"hessian/lambda_{i + 1}"] = float(res.eigenvalues[i])
         if self.n_trace_probes:

@@ -9,7 +9,8 @@ from sgdlab import results, tracking
 from sgdlab.phases import Outcome, Plan, Unit, raise_failures
 from sgdlab.study import Study
 
-CURVE_METRICS = ("train/loss", "test/acc", "hessian/lambda_max", "hessian/threshold", "hessian/precond_lambda_max")
+CURVE_METRICS = ("train/loss", "test/acc", "hessian/lambda_max", "hessian/threshold", "hessian/precond_lambda_max",
+                 "hessian/converged")
 
 
 def plan(study: Study) -> Plan:

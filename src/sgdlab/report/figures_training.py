@@ -122,6 +122,7 @@ def edge_of_stability(runs: list[dict[str, Any]], curves: Curves) -> Figure:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(by_opt):]:
         ax.set_visible(False)
+    unconverged_shown = False
     for ax, (opt, groups) in zip(axes, by_opt.items()):
         vals: list[np.ndarray] = []
         precond_used = raw_adam = False
@@ -136,6 +137,13 @@ def edge_of_stability(runs: list[dict[str, Any]], curves: Curves) -> Figure:
             if r.get("status") not in (None, "finished"):
                 label += f" ({r['status']})"
             ax.plot(s, v, color=c, lw=1.6, marker="o", ms=2.5, label=label)
+            cs, cvals = clean_curve(cv.get("hessian/converged"))
+            bad = set(cs[cvals < 0.5].tolist()) if cs.size else set()
+            if bad and not precond:  # Lanczos did not reach its tolerance at these steps: hollow red rings
+                m = np.isin(s, list(bad))
+                ax.plot(s[m], v[m], ls="", marker="o", ms=7, mfc="none", mec="red", mew=1.2,
+                        label="Lanczos not converged" if not unconverged_shown else None)
+                unconverged_shown = True
             vals.append(v)
             precond_used |= precond
             if opt in ADAM_FAMILY and not precond:
