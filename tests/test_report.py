@@ -15,7 +15,7 @@ from sgdlab.results import write_table
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIVERGED_REASON = "loss 3.2e+08 > 1e4 x initial loss at step 140"
 ALL_FIGS = ["fig1_training_curves", "fig2_edge_of_stability", "fig3_spectral_density", "fig4_predicted_vs_true",
-            "fig5_measures", "fig6_summary", "fig7_gan_samples"]
+            "fig5_measures", "fig6_summary", "fig7_gan_samples", "fig8_scaling_rules"]
 
 # (optimizer, lr, batch size, variant, threshold factor): SGD threshold 2/lr, Adam (2+2b1)/((1-b1) lr)
 GROUPS = [("sgd", 0.05, 64, "base", 2.0), ("sgd", 0.2, 64, "base", 2.0), ("sgd", 0.1, 128, "linearx2", 2.0),
@@ -54,7 +54,9 @@ def make_study(root: Path, *, seeds: int = 3, optional: bool = True, steps: int 
             curves[key] = c
             final_acc = None if diverged else float(acc[-1])
             runs.append({"run_key": key, "optimizer": opt, "lr": lr, "batch_size": bs, "model": "mlp", "seed": seed,
-                         "variant": variant, "status": "diverged" if diverged else "finished",
+                         "variant": variant, "status": "diverged" if diverged else "finished", "n_train": 5000,
+                         # the linear-rule group is a variant of group 0 (same seed)
+                         "base_key": f"00{seed:02d}" + "a" * 12 if variant != "base" else "",
                          "reason": DIVERGED_REASON if diverged else None, "steps": steps,
                          "steps_done": int(st[-1]) if diverged else steps,
                          "train/loss": None if diverged else float(loss[-1]),
@@ -237,3 +239,25 @@ def test_edge_of_stability_marks_unconverged_lanczos_points():
     curves["k"]["hessian/converged"] = [(10, 1.0), (20, 1.0), (30, 1.0)]
     assert not [ln for ax in edge_of_stability(runs, curves).axes for ln in ax.get_lines()
                 if ln.get_label() == "Lanczos not converged"]
+
+
+def test_scaling_rule_figure_puts_base_and_variant_on_epochs_and_sde_time():
+    from sgdlab.report.figures_training import scaling_rules, sde_time
+
+    runs = [{"run_key": "b", "optimizer": "sgd", "lr": 0.1, "batch_size": 32, "variant": "base", "seed": 0,
+             "n_train": 3200, "hparams": '{"lr": 0.1}'},
+            {"run_key": "v", "optimizer": "sgd", "lr": 0.2, "batch_size": 64, "variant": "linearx2", "seed": 0,
+             "base_key": "b", "n_train": 3200, "hparams": '{"lr": 0.2}'},
+            {"run_key": "s", "optimizer": "svag", "lr": 0.1, "batch_size": 32, "variant": "svagx2", "seed": 0,
+             "base_key": "b", "n_train": 3200, "hparams": '{"lr": 0.1, "l": 2}'}]
+    curves = {"b": {"train/loss": [(0, 2.0), (100, 1.0), (200, 0.5)]},
+              "v": {"train/loss": [(0, 2.0), (50, 1.0), (100, 0.5)]},
+              "s": {"train/loss": [(0, 2.0), (200, 1.0), (400, 0.5)]}}
+    fig = scaling_rules(runs, curves)
+    ax_e, ax_t = fig.axes[:2]
+    ends_e = sorted(float(ln.get_xdata()[-1]) for ln in ax_e.get_lines())
+    ends_t = sorted(float(ln.get_xdata()[-1]) for ln in ax_t.get_lines())
+    assert ends_e == pytest.approx([2.0, 2.0, 4.0])  # base and linear x2: 2 epochs; SVAG l=2 runs 2x the steps
+    assert ends_t == pytest.approx([20.0, 20.0, 20.0])  # SDE time steps x eta: all three coincide
+    adam = {"optimizer": "adam", "lr": 0.01, "hparams": "{}"}
+    assert sde_time(adam, np.array([100.0]))[0] == pytest.approx(0.01)  # steps x eta^2 for Adam-type

@@ -49,7 +49,7 @@ class Output:
 
 # The report's figures, in order (sgdlab.report.build gives each its title and caption).
 REPORT_FIGURES = ("fig1_training_curves", "fig2_edge_of_stability", "fig3_spectral_density",
-                  "fig4_predicted_vs_true", "fig5_measures", "fig6_summary")
+                  "fig4_predicted_vs_true", "fig5_measures", "fig6_summary", "fig8_scaling_rules")
 
 
 def _report_outputs() -> dict[str, Output]:

@@ -15,6 +15,7 @@ from sgdlab.report.data import SkipFigure, StudyData, load_study, seed_band
 from sgdlab.report.figures_generalization import measures_vs_error, predicted_vs_true
 from sgdlab.report.figures_training import (
     edge_of_stability,
+    scaling_rules,
     spectral_density,
     summary_bars,
     training_curves,
@@ -31,6 +32,7 @@ __all__ = [
     "measures_vs_error",
     "predicted_vs_true",
     "save_png",
+    "scaling_rules",
     "seed_band",
     "spectral_density",
     "summary_bars",

@@ -77,6 +77,12 @@ FIGURES = [
     (7, "fig7_gan_samples", "GAN samples",
      "Samples of the class-conditional GAN used as the synthetic test set (one row per class, as given by the "
      "GAN phase)."),
+    (8, REPORT_FIGURES[6], "Scaling rules and SVAG on one axis",
+     "For a base run with scaling-rule or SVAG variants: train loss against epochs (steps × batch size / the "
+     "run's training examples) and against SDE time (steps × η for SGD-type runs, steps × η² for Adam/RMSprop-"
+     "type runs; η the per-step lr, lr/l for SVAG). The linear (SGD) and square-root (Adam) rules keep epochs "
+     "and SDE time, SVAG keeps SDE time: the rule holds where the curves coincide (Goyal et al. 2017; Li, "
+     "Malladi, Arora 2021; Malladi et al. 2022)."),
 ]
 
 CAVEATS = [
@@ -176,6 +182,7 @@ def build_report(results_dir: Path, out_dir: Path, *, study: str,
         5: lambda p: (None, why_pred) if why_pred else _figure(lambda: fgen.measures_vs_error(data.predictions), p),
         6: lambda p: _figure(lambda: ftrain.summary_bars(data.runs, final_metric), p),
         7: lambda p: _gan_grid(gan_grid, p),
+        8: lambda p: _figure(lambda: ftrain.scaling_rules(data.runs, curves), p),
     }
     entries, written, skipped = [], [], []
     for number, stem, title, caption in FIGURES:

@@ -265,3 +265,63 @@ def summary_bars(runs: list[dict[str, Any]], metric: str = "test/acc") -> Figure
     ax.set_xlabel(f"{name}{' (%)' if scale == 100 else ''}, mean ± std over finished seeds")
     ax.set_title(f"Final {name} per optimizer group")
     return fig
+
+
+# optimizers whose SDE time is step x lr^2 (adaptive: Malladi et al. 2022); the others step x lr
+ADAPTIVE_SDE = ("adam", "adamw", "rmsprop", "rmsprop_bc", "svag_adam")
+
+
+def _effective_lr(row: dict[str, Any]) -> float:
+    """The per-step learning rate: SVAG's optimizers take ``lr`` and step with ``lr / l``."""
+    import json
+
+    hp = row.get("hparams")
+    hp = json.loads(hp) if isinstance(hp, str) else (hp or {})
+    lr = float(row.get("lr") or hp.get("lr") or float("nan"))
+    return lr / float(hp.get("l", 1)) if str(row.get("optimizer")).startswith("svag") else lr
+
+
+def sde_time(row: dict[str, Any], steps: np.ndarray) -> np.ndarray:
+    """SDE time of ``steps`` for this run: ``t = k eta`` (SGD-type; Li, Malladi, Arora 2021) or
+    ``t = k eta^2`` (Adam/RMSprop-type; Malladi, Lyu, Panigrahi, Arora 2022), eta the per-step lr."""
+    eta = _effective_lr(row)
+    return steps * (eta ** 2 if str(row.get("optimizer")) in ADAPTIVE_SDE else eta)
+
+
+@styled
+def scaling_rules(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "train/loss", max_groups: int = 4) -> Figure:
+    """A base run and its scaling-rule / SVAG variants on one axis: train loss against epochs (steps x
+    batch / the run's training examples) and against SDE time, so "the curves coincide" can be read
+    off (linear and square-root rules keep epochs and SDE time; SVAG keeps SDE time)."""
+    by_key = {r["run_key"]: r for r in runs}
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        if r.get("variant") not in (None, "base") and r.get("base_key") in by_key and _has(curves, r["run_key"], loss):
+            families.setdefault(r["base_key"], []).append(r)
+    families = {k: v for k, v in families.items() if _has(curves, k, loss)}
+    if not families:
+        raise SkipFigure("no base run with a scaling-rule or SVAG variant and a train/loss curve "
+                         "(set sweep.variants, e.g. [{rule: linear, factor: 2}, {rule: svag, factor: 4}])")
+    keys = list(families)[:max_groups]
+    fig = Figure(figsize=(12, 3.6 * len(keys) + 0.6), layout="constrained")
+    axes = fig.subplots(len(keys), 2, squeeze=False)
+    for (ax_e, ax_t), key in zip(axes, keys):
+        members = [by_key[key], *families[key]]
+        for r, c in zip(members, group_colors(len(members))):
+            s, v = clean_curve(curves[r["run_key"]].get(loss))
+            n = r.get("n_train")
+            label = f"{r.get('variant')}: {r.get('optimizer')} lr={_effective_lr(r):.3g} B={r.get('batch_size')}"
+            if is_num(n) and n:
+                ax_e.plot(s * float(r["batch_size"]) / float(n), v, color=c, lw=1.5, label=label)
+            ax_t.plot(sde_time(r, s), v, color=c, lw=1.5, label=label)
+        base = by_key[key]
+        for ax in (ax_e, ax_t):
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{loss} (log scale)")
+        ax_e.set_xlabel("epochs (steps × batch size / training examples)")
+        ax_t.set_xlabel("SDE time (steps × η" + ("²" if str(base.get("optimizer")) in ADAPTIVE_SDE else "") + ")")
+        ax_e.set_title(f"{base.get('optimizer')} lr={base.get('lr')} B={base.get('batch_size')} seed {base.get('seed')}")
+        ax_t.legend(fontsize=8)
+    fig.suptitle("Scaling rules and SVAG: a base run and its variants on one axis\n"
+                 "(the rule holds where the curves coincide)")
+    return fig
