@@ -357,3 +357,43 @@ def test_apollo_mini_first_step_is_parallel_to_raw_gradient():
     cos = torch.dot(step, -grad) / (step.norm() * grad.norm())
     assert cos.item() == pytest.approx(1.0, abs=1e-12)  # tensor-wise scaling of the full gradient
     assert torch.linalg.matrix_rank(W - W0).item() == 5  # not a rank-1 (projected-back) update
+
+
+def test_gam_evaluates_each_hessian_at_its_own_point_on_a_non_quadratic():
+    """On a quartic the Hessian changes with the point: the step must use H(theta) for the ascent direction
+    and H(theta_adv) for the flatness gradient (a quadratic cannot tell the two apart)."""
+    A = torch.tensor([[1.0, 0.3, 0.0], [0.3, 2.0, 0.2], [0.0, 0.2, 0.5]], dtype=F64)
+    x = nn.Parameter(torch.tensor([1.0, -1.5, 0.8], dtype=F64))
+    x0 = x.detach().clone()
+    lr, rho, alpha = 0.1, 0.2, 0.5
+    opt = build_optimizer("gam", [("x", x)], {"lr": lr, "rho": rho, "alpha": alpha, "momentum": 0.0,
+                                               "fd_radius": 1e-7, "eps": 1e-300})
+
+    def f(v):
+        return 0.25 * (v**4).sum() + 0.5 * v @ A @ v
+
+    def closure(k=0):
+        opt.zero_grad()
+        loss = f(x)
+        loss.backward()
+        return loss.detach()
+
+    opt.step(closure)
+
+    def grad(v):
+        return v**3 + A @ v
+
+    def hess(v):
+        return torch.diag(3 * v**2) + A
+
+    def step(h_adv_point):
+        g = grad(x0)
+        fdir = hess(x0) @ (g / g.norm())
+        adv = x0 + rho * fdir / fdir.norm()
+        g_adv = grad(adv)
+        h_norm = rho * hess(h_adv_point(adv)) @ (g_adv / g_adv.norm())
+        return x0 - lr * (g + alpha * h_norm)
+
+    right, wrong = step(lambda adv: adv), step(lambda adv: x0)
+    torch.testing.assert_close(x.detach(), right, rtol=0, atol=1e-5)
+    assert (right - wrong).abs().max() > 1e-3  # the check can tell the points apart
