@@ -19,8 +19,9 @@ test: setup ## set up, then run the default test suite (no slow/GPU tests; the b
 test-slow: setup ## the slow tests (minutes)
 	$(PY) -m pytest -m "slow" -q
 
-lint: setup ## ruff
+lint: setup ## ruff check and ruff format --check
 	$(PY) -m ruff check src tasks flows tests bench
+	$(PY) -m ruff format --check src tasks flows tests bench
 
 bench: bench-data bench-train bench-hessian ## all benchmarks (figures as ratios to a baseline measured in the same run)
 

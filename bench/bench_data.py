@@ -52,14 +52,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = sources.fashion_mnist_dir()
         res["idx_read_s"] = timed(lambda: [read_idx_file(d / f) for f in sources.FASHION_MNIST_SHA256], args.repeats)
-        res["idx_to_parquet_s"] = timed(lambda: prepare_dataset("fashion_mnist", DataConfig(), tmp, force=True), args.repeats)
+        res["idx_to_parquet_s"] = timed(
+            lambda: prepare_dataset("fashion_mnist", DataConfig(), tmp, force=True), args.repeats
+        )
         res["idx_to_parquet_over_idx_read"] = res["idx_to_parquet_s"] / res["idx_read_s"]
 
         x = read_idx_file(d / "train-images-idx3-ubyte.gz")
         np.save(Path(tmp) / "x.npy", x)
         import torch
 
-        res["npy_load_s"] = timed(lambda: torch.from_numpy(np.load(Path(tmp) / "x.npy")).float().div_(255.0), args.repeats)
+        res["npy_load_s"] = timed(
+            lambda: torch.from_numpy(np.load(Path(tmp) / "x.npy")).float().div_(255.0), args.repeats
+        )
         res["parquet_to_tensors_s"] = timed(lambda: load_splits("fashion_mnist", tmp, "cpu"), args.repeats)
         res["parquet_to_tensors_over_npy_load"] = res["parquet_to_tensors_s"] / res["npy_load_s"]
 
@@ -80,10 +84,16 @@ def main() -> None:
         "print(t1-t0, t2-t1, t3-t2)\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PREFECT_HOME": f"{tmp}/prefect", "SGDLAB_HOME": tmp, "BENCH_DATA": f"{tmp}/data",
-               "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-        out = subprocess.run([sys.executable, "-c", flow_script], env=env, capture_output=True, text=True,
-                             check=True, cwd=REPO).stdout.split()
+        env = {
+            **os.environ,
+            "PREFECT_HOME": f"{tmp}/prefect",
+            "SGDLAB_HOME": tmp,
+            "BENCH_DATA": f"{tmp}/data",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        }
+        out = subprocess.run(
+            [sys.executable, "-c", flow_script], env=env, capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout.split()
     imp, first, second = map(float, out[-3:])
     res["flow_import_s"], res["first_flow_s"], res["second_flow_s"] = imp, first, second
     res["first_flow_over_second"] = first / second

@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--steps", type=int, default=None, help="override the profile's GAN steps")
     p.add_argument("--diffaugment", default=None, help="override the DiffAugment policy")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 avoids OpenMP spin-wait on shared cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP spin-wait on shared cores)")
     p.add_argument("--n-per-class", type=int, default=1000, help="synthetic samples per class")
     p.add_argument("--fd-per-class", type=int, default=1000, help="samples per class for FD")
     p.add_argument("--feature-steps", type=int, default=800)
@@ -129,16 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
             rate = (time.perf_counter() - t0) / step
             print(f"gan step {step}/{total}  {rate * 1000:.0f} ms/step", file=sys.stderr, flush=True)
 
-    gan = train_gan(x_tr, y_tr, 10, cfg, data_range=(0.0, 1.0), progress=progress,
-                    checkpoint_path=args.ckpt)  # the train split only
+    gan = train_gan(
+        x_tr, y_tr, 10, cfg, data_range=(0.0, 1.0), progress=progress, checkpoint_path=args.ckpt
+    )  # the train split only
     gan_wall = time.perf_counter() - t0
     load1 = os.getloadavg()
     sample_grid_png(gan.generator, args.grid, n_per_class=8, class_names=CLASSES)
     x_syn, y_syn = sample_synthetic(gan.generator, 10, args.n_per_class, seed=args.seed + 1)
 
     t1 = time.perf_counter()
-    feat = train_feature_net(x_tr, y_tr, 10, data_range=(0.0, 1.0), steps=args.feature_steps,
-                             seed=args.seed)
+    feat = train_feature_net(x_tr, y_tr, 10, data_range=(0.0, 1.0), steps=args.feature_steps, seed=args.seed)
     feat_test_acc = 1.0 - classification_error(feat, x_te, y_te)
     n_fd = args.fd_per_class
     i_tr = per_class_subset(y_tr, n_fd, 10, args.seed + 2)
@@ -164,8 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_pred = TrainErrorPredictor(x_tr[i_tr], y_tr[i_tr])
     rows = []
     for i, (name, kind, lr, mult) in enumerate(specs):
-        model = train_classifier(make_classifier(kind, args.seed + i), x_tr, y_tr,
-                                 args.classifier_steps * mult, lr, 128, args.seed + i)
+        model = train_classifier(
+            make_classifier(kind, args.seed + i), x_tr, y_tr, args.classifier_steps * mult, lr, 128, args.seed + i
+        )
         rows.append({
             "model": name,
             "test_err": classification_error(model, x_te, y_te),
@@ -194,21 +194,27 @@ def main(argv: list[str] | None = None) -> dict:
         "classifiers": rows,
         "gan_history": gan.history,
         "env": {
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(), "loadavg_start": load0, "loadavg_after_gan": load1,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": load0,
+            "loadavg_after_gan": load1,
             "python": platform.python_version(),
         },  # fmt: skip
     }
-    print(f"GAN: {cfg.steps} steps in {gan_wall:.0f} s ({summary['gan/ms_per_step']:.0f} ms/step,"
-          f" {args.threads} thread(s), load avg {load0[0]:.1f} -> {load1[0]:.1f})")
-    print("class-conditional FD (mean over classes): "
-          + ", ".join(f"{k} {v.mean:.2f}" for k, v in fd.items()))
+    print(
+        f"GAN: {cfg.steps} steps in {gan_wall:.0f} s ({summary['gan/ms_per_step']:.0f} ms/step,"
+        f" {args.threads} thread(s), load avg {load0[0]:.1f} -> {load1[0]:.1f})"
+    )
+    print("class-conditional FD (mean over classes): " + ", ".join(f"{k} {v.mean:.2f}" for k, v in fd.items()))
     print(f"{'model':16s} {'test_err':>8s} {'gan_pred':>8s} {'train_err':>9s}")
     for r in rows:
         print(f"{r['model']:16s} {r['test_err']:8.4f} {r['gan_pred_err']:8.4f} {r['train_err']:9.4f}")
-    print(f"MAE gan vs test {summary['gan/mae_pred_vs_test']:.4f}; MAE train vs test "
-          f"{summary['train_err/mae_vs_test']:.4f}; Kendall tau(gan, test) "
-          f"{summary['gan/kendall_tau']:.2f}")
+    print(
+        f"MAE gan vs test {summary['gan/mae_pred_vs_test']:.4f}; MAE train vs test "
+        f"{summary['train_err/mae_vs_test']:.4f}; Kendall tau(gan, test) "
+        f"{summary['gan/kendall_tau']:.2f}"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

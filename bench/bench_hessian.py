@@ -57,7 +57,7 @@ def load_batch(n: int, device) -> tuple[torch.Tensor, torch.Tensor, str]:
         imgs = gzip.decompress((FMNIST / "train-images-idx3-ubyte.gz").read_bytes())
         labs = gzip.decompress((FMNIST / "train-labels-idx1-ubyte.gz").read_bytes())
         ndim = struct.unpack(">I", imgs[:4])[0] & 0xFF
-        X = torch.frombuffer(bytearray(imgs[4 + 4 * ndim:]), dtype=torch.uint8)[: n * 784]
+        X = torch.frombuffer(bytearray(imgs[4 + 4 * ndim :]), dtype=torch.uint8)[: n * 784]
         y = torch.frombuffer(bytearray(labs[8:]), dtype=torch.uint8)[:n].long()
         X = X.reshape(n, 1, 28, 28).float() / 255
         X, source = (X - X.mean()) / X.std(), "fashion-mnist"
@@ -70,13 +70,19 @@ def load_batch(n: int, device) -> tuple[torch.Tensor, torch.Tensor, str]:
 def make_model(kind: str, device) -> nn.Module:
     torch.manual_seed(0)
     if kind == "mlp":
-        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 256),
-                              nn.Tanh(), nn.Linear(256, 10))
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(784, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 10)
+        )
     else:
         model = nn.Sequential(  # (B, 1, 28, 28) -> (B, 8, 14, 14) -> (B, 16, 7, 7) -> (B, 10)
-            nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Flatten(), nn.Linear(16 * 7 * 7, 10),
+            nn.Conv2d(1, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 7 * 7, 10),
         )
     model = model.to(device)
     model.eval()  # BatchNorm on running stats: the same function for ours (bn_mode="eval") and PyHessian
@@ -101,8 +107,7 @@ def bench_hvp(model, X, y, device, repeats: int) -> dict:
     v = v.to(device)
     variants = {
         "double_backward (graph reused)": {"backend": "double_backward", "retain_graph": True},
-        "double_backward (rebuilt per matvec)": {"backend": "double_backward",
-                                                 "retain_graph": False},
+        "double_backward (rebuilt per matvec)": {"backend": "double_backward", "retain_graph": False},
         "fwd_over_rev": {"backend": "fwd_over_rev"},
     }
     builds, ops = {}, {}
@@ -119,8 +124,12 @@ def bench_hvp(model, X, y, device, repeats: int) -> dict:
     out = {}
     for name, rs in rows.items():
         times = [t for t, _ in rs]
-        out[name] = {"median_s": med(times), "ratio": paired_ratio(rows, name, "gradient"),
-                     "times_s": times, "build_s": builds.get(name)}
+        out[name] = {
+            "median_s": med(times),
+            "ratio": paired_ratio(rows, name, "gradient"),
+            "times_s": times,
+            "build_s": builds.get(name),
+        }
     return out
 
 
@@ -128,8 +137,7 @@ def bench_hvp(model, X, y, device, repeats: int) -> dict:
 
 
 def reference_lambda(model, X, y) -> float:
-    res = hs.top_eigenvalues(model, F.cross_entropy, (X, y), tol=1e-9, max_iter=300,
-                             dtype=torch.float64)
+    res = hs.top_eigenvalues(model, F.cross_entropy, (X, y), tol=1e-9, max_iter=300, dtype=torch.float64)
     return res.lambda_max
 
 
@@ -137,8 +145,7 @@ def pyhessian_or_none():
     try:
         from pyhessian import hessian as pyh_hessian  # GPL-3; benchmark-only dependency
     except ImportError as e:  # pragma: no cover - depends on the environment
-        print(f"PyHessian not importable ({e}); its columns are skipped. "
-              "Install with: pip install pyhessian==0.1")
+        print(f"PyHessian not importable ({e}); its columns are skipped. Install with: pip install pyhessian==0.1")
         return None
     return pyh_hessian
 
@@ -193,6 +200,7 @@ def pyhessian_runner(pyh, model, X, y, device):
 def bench_lambda(model, X, y, device, repeats, ref, pyh, our_tols, pyh_tols) -> dict:
     methods = {}
     for tol in our_tols:
+
         def ours(seed, tol=tol):
             res = hs.top_eigenvalues(model, F.cross_entropy, (X, y), tol=tol, seed=seed)
             return res.lambda_max, res.n_matvecs
@@ -201,15 +209,20 @@ def bench_lambda(model, X, y, device, repeats, ref, pyh, our_tols, pyh_tols) -> 
     if pyh is not None:
         run = pyhessian_runner(pyh, model, X, y, device)
         for tol in pyh_tols:
-            methods[f"pyhessian power tol={tol:g}"] = (
-                lambda seed, tol=tol: run(seed, "eig", maxIter=1000, tol=tol, top_n=1))
+            methods[f"pyhessian power tol={tol:g}"] = lambda seed, tol=tol: run(
+                seed, "eig", maxIter=1000, tol=tol, top_n=1
+            )
     rows = interleaved(methods, device, repeats)
     out = {"reference_lambda_max": ref}
     for name, rs in rows.items():
         errs = [abs(lam - ref) / abs(ref) for _, (lam, _) in rs]
-        out[name] = {"median_s": med([t for t, _ in rs]), "median_rel_err": med(errs),
-                     "max_rel_err": max(errs), "median_matvecs": med([n for _, (_, n) in rs]),
-                     "times_s": [t for t, _ in rs]}
+        out[name] = {
+            "median_s": med([t for t, _ in rs]),
+            "median_rel_err": med(errs),
+            "max_rel_err": max(errs),
+            "median_matvecs": med([n for _, (_, n) in rs]),
+            "times_s": [t for t, _ in rs],
+        }
 
     def fastest_ok(prefix):
         ok = [k for k in rows if k.startswith(prefix) and out[k]["max_rel_err"] <= 1e-3]
@@ -230,9 +243,9 @@ def bench_lambda(model, X, y, device, repeats, ref, pyh, our_tols, pyh_tols) -> 
 def bench_trace(model, X, y, device, repeats, n_probes, pyh) -> dict:
     def ours(method):
         def fn(seed):
-            res = hs.trace(model, F.cross_entropy, (X, y), n_probes=n_probes, method=method,
-                           seed=seed)
+            res = hs.trace(model, F.cross_entropy, (X, y), n_probes=n_probes, method=method, seed=seed)
             return res.estimate, res.stderr
+
         return fn
 
     methods = {"ours hutchinson": ours("hutchinson"), "ours hutch++": ours("hutch++")}
@@ -248,15 +261,20 @@ def bench_trace(model, X, y, device, repeats, n_probes, pyh) -> dict:
 
         methods["pyhessian hutchinson"] = theirs
     rows = interleaved(methods, device, repeats)
-    out = {name: {"median_s": med([t for t, _ in rs]), "estimates": [e for _, e in rs],
-                  "times_s": [t for t, _ in rs]} for name, rs in rows.items()}
+    out = {
+        name: {"median_s": med([t for t, _ in rs]), "estimates": [e for _, e in rs], "times_s": [t for t, _ in rs]}
+        for name, rs in rows.items()
+    }
     if pyh is not None:
         # time per probe, paired by round (PyHessian may stop before n_probes, see above)
         used = [e[2] for _, e in rows["pyhessian hutchinson"]]
         out["pyhessian hutchinson"]["probes_used"] = used
-        out["ratio_ours_over_pyhessian_per_probe"] = med([
-            (to / n_probes) / (tp / k) for (to, _), (tp, _), k in
-            zip(rows["ours hutchinson"], rows["pyhessian hutchinson"], used)])
+        out["ratio_ours_over_pyhessian_per_probe"] = med(
+            [
+                (to / n_probes) / (tp / k)
+                for (to, _), (tp, _), k in zip(rows["ours hutchinson"], rows["pyhessian hutchinson"], used)
+            ]
+        )
     return out
 
 
@@ -271,8 +289,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--trace-probes", type=int, default=30)
-    ap.add_argument("--our-tols", type=float, nargs="+", default=[1e-3, 1e-2],
-                    help="Lanczos residual tolerances (the first is the reported default)")
+    ap.add_argument(
+        "--our-tols",
+        type=float,
+        nargs="+",
+        default=[1e-3, 1e-2],
+        help="Lanczos residual tolerances (the first is the reported default)",
+    )
     ap.add_argument("--pyh-tols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     ap.add_argument("--no-pyhessian", action="store_true")
@@ -283,50 +306,63 @@ def main() -> None:
     X, y, source = load_batch(args.batch, device)
     pyh = None if args.no_pyhessian else pyhessian_or_none()
     results = {
-        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   "device": device, "data": source, "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "machine": platform.processor(),
-                   "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None},
+        "config": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "device": device,
+            "data": source,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.processor(),
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        },
     }
     for kind in args.models:
         model = make_model(kind, device)
         n = sum(p.numel() for p in model.parameters())
-        print(f"\n== {kind}: {n} parameters, batch {args.batch} ({source}), device {device}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"\n== {kind}: {n} parameters, batch {args.batch} ({source}), device {device}, "
+            f"{torch.get_num_threads()} threads"
+        )
         res = {"n_params": n, "hvp": bench_hvp(model, X, y, device, args.repeats)}
         print(f"{'HVP backend':40s} {'median ms':>10s} {'x gradient':>11s}")
         for name, row in res["hvp"].items():
             print(f"{name:40s} {1e3 * row['median_s']:10.2f} {row['ratio']:11.2f}")
         ref = reference_lambda(model, X, y)
-        res["lambda_max"] = bench_lambda(model, X, y, device, args.repeats, ref, pyh,
-                                         args.our_tols, args.pyh_tols)
+        res["lambda_max"] = bench_lambda(model, X, y, device, args.repeats, ref, pyh, args.our_tols, args.pyh_tols)
         print(f"lambda_max reference (float64 Lanczos): {ref:.6g}")
         print(f"{'lambda_max method':40s} {'median s':>10s} {'max rel err':>12s} {'HVPs':>6s}")
         for name, row in res["lambda_max"].items():
             if isinstance(row, dict) and "median_s" in row:
-                print(f"{name:40s} {row['median_s']:10.3f} {row['max_rel_err']:12.2e} "
-                      f"{row['median_matvecs']:6.0f}")
+                print(f"{name:40s} {row['median_s']:10.3f} {row['max_rel_err']:12.2e} {row['median_matvecs']:6.0f}")
         lm = res["lambda_max"]
         if "compared" in lm:
-            print(f"paired wall-time ratio, fastest settings with max rel err <= 1e-3 over "
-                  f"{args.repeats} seeds: {lm['compared']['ours']} / "
-                  f"{lm['compared']['pyhessian']} = {lm['ratio_best_ours_over_best_pyhessian']:.3f}"
-                  f"; ours at tol={args.our_tols[0]:g} (residual bound): "
-                  f"{lm['ratio_ours_default_over_best_pyhessian']:.3f}")
+            print(
+                f"paired wall-time ratio, fastest settings with max rel err <= 1e-3 over "
+                f"{args.repeats} seeds: {lm['compared']['ours']} / "
+                f"{lm['compared']['pyhessian']} = {lm['ratio_best_ours_over_best_pyhessian']:.3f}"
+                f"; ours at tol={args.our_tols[0]:g} (residual bound): "
+                f"{lm['ratio_ours_default_over_best_pyhessian']:.3f}"
+            )
         res["trace"] = bench_trace(model, X, y, device, args.repeats, args.trace_probes, pyh)
-        print(f"{'trace (' + str(args.trace_probes) + ' matvecs)':40s} {'median s':>10s} "
-              f"{'mean est':>9s} {'sd(seeds)':>9s} {'med stderr':>10s}")
+        print(
+            f"{'trace (' + str(args.trace_probes) + ' matvecs)':40s} {'median s':>10s} "
+            f"{'mean est':>9s} {'sd(seeds)':>9s} {'med stderr':>10s}"
+        )
         for name, row in res["trace"].items():
             if isinstance(row, dict) and "median_s" in row:
                 est = [e[0] for e in row["estimates"]]
                 ses = [e[1] for e in row["estimates"] if e[1] is not None]
-                print(f"{name:40s} {row['median_s']:10.3f} {statistics.mean(est):9.4g} "
-                      f"{statistics.stdev(est) if len(est) > 1 else float('nan'):9.3g} "
-                      f"{med(ses) if ses else float('nan'):10.3g}")
+                print(
+                    f"{name:40s} {row['median_s']:10.3f} {statistics.mean(est):9.4g} "
+                    f"{statistics.stdev(est) if len(est) > 1 else float('nan'):9.3g} "
+                    f"{med(ses) if ses else float('nan'):10.3g}"
+                )
         if "ratio_ours_over_pyhessian_per_probe" in res["trace"]:
             print(f"pyhessian probes used per run: {res['trace']['pyhessian hutchinson']['probes_used']}")
-            print("paired time-per-probe ratio ours / pyhessian (trace): "
-                  f"{res['trace']['ratio_ours_over_pyhessian_per_probe']:.3f}")
+            print(
+                "paired time-per-probe ratio ours / pyhessian (trace): "
+                f"{res['trace']['ratio_ours_over_pyhessian_per_probe']:.3f}"
+            )
         results[kind] = res
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -88,9 +88,16 @@ def plain_loop(model, data: DataTensors, steps: int, batch: int, lr: float, seed
 
 
 def platform_loop(model, data, steps, batch, lr, seed, sink, log_every, compile_, amp):
-    cfg = LoopConfig(steps=steps, batch_size=batch, log_every=log_every, seed=seed,
-                     final_eval=False, device=str(data.x_train.device), compile=compile_,
-                     amp_bf16=amp)
+    cfg = LoopConfig(
+        steps=steps,
+        batch_size=batch,
+        log_every=log_every,
+        seed=seed,
+        final_eval=False,
+        device=str(data.x_train.device),
+        compile=compile_,
+        amp_bf16=amp,
+    )
     res = train(model, "sgd", {"lr": lr}, data, cfg, metric_sink=sink)
     if hasattr(sink, "flush"):  # the MLflow sink writes its batch inside the timed section
         sink.flush()
@@ -122,9 +129,12 @@ def bench_model(name, data, args, device):
         return build_model(name, shape, 10, seed=0, device=device, **MODEL_KW[name])
 
     sink = make_sink(args.sink)
-    runs = {"plain": lambda m, s: plain_loop(m, data, s, args.batch_size, args.lr, 0),
-            "sgdlab": lambda m, s: platform_loop(m, data, s, args.batch_size, args.lr, 0, sink,
-                                                 args.log_every, args.compile, args.amp_bf16)}
+    runs = {
+        "plain": lambda m, s: plain_loop(m, data, s, args.batch_size, args.lr, 0),
+        "sgdlab": lambda m, s: platform_loop(
+            m, data, s, args.batch_size, args.lr, 0, sink, args.log_every, args.compile, args.amp_bf16
+        ),
+    }
     for fn in runs.values():  # warm-up (allocator, kernels, compile)
         fn(fresh(), args.warmup)
     sync(device)
@@ -147,12 +157,16 @@ def bench_model(name, data, args, device):
     pair = [p / s for p, s in zip(wall["plain"], wall["sgdlab"])]
     pair_cpu = [p / s for p, s in zip(cpu["plain"], cpu["sgdlab"])]
     return {
-        "model": name, "params": param_count(fresh()), "steps": args.steps,
-        "plain_samples_per_s": med["plain"], "sgdlab_samples_per_s": med["sgdlab"],
+        "model": name,
+        "params": param_count(fresh()),
+        "steps": args.steps,
+        "plain_samples_per_s": med["plain"],
+        "sgdlab_samples_per_s": med["sgdlab"],
         "ratio": med["sgdlab"] / med["plain"],
         "paired_ratio": statistics.median(pair),
         "paired_ratio_cpu_time": statistics.median(pair_cpu) if device.type == "cpu" else None,
-        "plain_all": sps["plain"], "sgdlab_all": sps["sgdlab"],
+        "plain_all": sps["plain"],
+        "sgdlab_all": sps["sgdlab"],
         "sink_rows": len(getattr(sink, "rows", [])),
     }
 
@@ -184,22 +198,35 @@ def main(argv=None) -> int:
     data = load_data(args.data, device, args.n_train)
     rows = [bench_model(m, data, args, device) for m in args.models.split(",")]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"device={device} ({where}), threads={torch.get_num_threads()}, batch={args.batch_size},"
-          f" steps={args.steps} x {args.repeats} repeats, sink={args.sink}, data={args.data}")
-    print(f"{'model':8} {'params':>10} {'plain samples/s':>16} {'sgdlab samples/s':>17} "
-          f"{'ratio':>7} {'paired':>7} {'cpu-time':>8}")
+    print(
+        f"device={device} ({where}), threads={torch.get_num_threads()}, batch={args.batch_size},"
+        f" steps={args.steps} x {args.repeats} repeats, sink={args.sink}, data={args.data}"
+    )
+    print(
+        f"{'model':8} {'params':>10} {'plain samples/s':>16} {'sgdlab samples/s':>17} "
+        f"{'ratio':>7} {'paired':>7} {'cpu-time':>8}"
+    )
     for r in rows:
         cpu = r["paired_ratio_cpu_time"]
-        print(f"{r['model']:8} {r['params']:>10,} {r['plain_samples_per_s']:>16,.0f} "
-              f"{r['sgdlab_samples_per_s']:>17,.0f} {r['ratio']:>7.3f} {r['paired_ratio']:>7.3f} "
-              f"{'-' if cpu is None else format(cpu, '.3f'):>8}")
-    print("ratio = sgdlab/plain median samples/s; paired = median over repeats of the ratio of two"
-          " back-to-back runs (wall); cpu-time = same with process CPU time (CPU only)")
+        print(
+            f"{r['model']:8} {r['params']:>10,} {r['plain_samples_per_s']:>16,.0f} "
+            f"{r['sgdlab_samples_per_s']:>17,.0f} {r['ratio']:>7.3f} {r['paired_ratio']:>7.3f} "
+            f"{'-' if cpu is None else format(cpu, '.3f'):>8}"
+        )
+    print(
+        "ratio = sgdlab/plain median samples/s; paired = median over repeats of the ratio of two"
+        " back-to-back runs (wall); cpu-time = same with process CPU time (CPU only)"
+    )
     if args.out:
-        meta = {"device": str(device), "device_name": where, "torch": torch.__version__,
-                "python": sys.version.split()[0], "threads": torch.get_num_threads(),
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "source": Path(__file__).read_text()}
+        meta = {
+            "device": str(device),
+            "device_name": where,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "threads": torch.get_num_threads(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "source": Path(__file__).read_text(),
+        }
         args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
     return 0
 

@@ -55,9 +55,12 @@ def parent_run(cfg: Config, name: str, data_hash: str = "", params: dict | None 
     exp_id = tracking.ensure_experiment(cfg.experiment_name)
     tags = tracking.lineage_tags(cfg.study.name, data_hash, current_flow_run_id(), phase=name)
     run_id = tracking.start_run(exp_id, name, tags, params=params, parent_run_id=_PIPELINE["run_id"])
-    create_link_artifact(key=f"mlflow-{name}", link=tracking.run_url(exp_id, run_id),
-                         link_text=f"MLflow run {run_id} (start `sgdlab ui` first)",
-                         description=f"The MLflow run of this {name} flow run.")
+    create_link_artifact(
+        key=f"mlflow-{name}",
+        link=tracking.run_url(exp_id, run_id),
+        link_text=f"MLflow run {run_id} (start `sgdlab ui` first)",
+        description=f"The MLflow run of this {name} flow run.",
+    )
     try:
         yield {"experiment_id": exp_id, "parent_run_id": run_id, "tags": tags}
     except BaseException:
@@ -82,8 +85,13 @@ class _Progress:
                 TimeElapsedColumn,
             )
 
-            self.bar = Progress(TextColumn(phase), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.description}"))
+            self.bar = Progress(
+                TextColumn(phase),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+            )
             self.task = self.bar.add_task("", total=total)
             self.bar.start()
 
@@ -93,8 +101,10 @@ class _Progress:
             self.bar.update(self.task, advance=1, description=f"{label}: {status}")
         elif not self.quiet and (time.monotonic() - self.last >= 5 or self.done == self.total):
             self.last = time.monotonic()
-            print(f"{self.phase}: {self.done}/{self.total} done ({label}: {status}) "
-                  f"[{self.last - self.t0:.0f} s]", flush=True)
+            print(
+                f"{self.phase}: {self.done}/{self.total} done ({label}: {status}) [{self.last - self.t0:.0f} s]",
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -45,8 +45,12 @@ def run_pipeline(cfg: Config, phases: list[str] | None = None) -> dict:
 
 
 @flow(name="study")
-def study_flow(params_path: str | None = None, overrides: list[str] | None = None, profile: str | None = None,
-               phases: list[str] | None = None) -> dict:
+def study_flow(
+    params_path: str | None = None,
+    overrides: list[str] | None = None,
+    profile: str | None = None,
+    phases: list[str] | None = None,
+) -> dict:
     """Deployable entry point: load the config when the run starts, then run the pipeline."""
     cfg = load_config(params_path, overrides or [], profile)
     return run_pipeline(cfg, phases)

@@ -6,7 +6,6 @@ cannot interrupt blocking code). Dask: ``dask_address`` points at an existing sc
 LocalCluster of ``max_workers`` single-threaded worker processes is started for the flow.
 """
 
-
 from sgdlab.config import OrchestrationConfig
 
 
@@ -25,7 +24,11 @@ def make_task_runner(cfg: OrchestrationConfig):
         if cfg.dask_address:
             return DaskTaskRunner(address=cfg.dask_address)
         return DaskTaskRunner(
-            cluster_kwargs={"n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
-                            "dashboard_address": None}
+            cluster_kwargs={
+                "n_workers": cfg.max_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
         )
     raise ValueError(f"orchestration.task_runner={cfg.task_runner!r}; allowed: thread, process, dask")

@@ -8,7 +8,6 @@ configured cron or interval schedule and executes the runs the scheduler creates
 both and stops both cleanly on Ctrl-C.
 """
 
-
 import json
 import os
 import signal
@@ -30,29 +29,51 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _env(api_url: str | None = None, extra: dict | None = None) -> dict:
     root = project_root()
-    env = {**os.environ, "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(root / ".prefect")),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SGDLAB_HOME": str(root)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(root / ".prefect")),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "SGDLAB_HOME": str(root),
+    }
     if api_url:
         env["PREFECT_API_URL"] = api_url
     env.update(extra or {})
     return env
 
 
-def start_server(host: str, port: int, timeout: float = 120.0, scheduler_loop_s: float | None = None,
-                 log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    host: str, port: int, timeout: float = 120.0, scheduler_loop_s: float | None = None, log_path: Path | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start ``prefect server start`` on host:port; return (process, API URL) once it answers /api/health."""
     extra = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_s)} if scheduler_loop_s else {}
     extra["PREFECT_API_URL"] = ""  # the server itself must not point at another API
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
-                             "--no-ui", "--analytics-off"], env=_env(extra=extra), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env=_env(extra=extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://{host}:{port}/api"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {proc.returncode}"
-                               + (f"; see {log_path}" if log_path else ""))
+            raise RuntimeError(
+                f"prefect server exited with code {proc.returncode}" + (f"; see {log_path}" if log_path else "")
+            )
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
@@ -63,16 +84,39 @@ def start_server(host: str, port: int, timeout: float = 120.0, scheduler_loop_s:
     raise TimeoutError(f"prefect server on {host}:{port} did not answer within {timeout:.0f} s")
 
 
-def start_serve_process(api_url: str, name: str, cron: str | None, interval_s: int | None, params_path: str | None,
-                        overrides: list[str], profile: str | None, env_extra: dict | None = None,
-                        log_path: Path | None = None, phases: list[str] | None = None) -> subprocess.Popen:
+def start_serve_process(
+    api_url: str,
+    name: str,
+    cron: str | None,
+    interval_s: int | None,
+    params_path: str | None,
+    overrides: list[str],
+    profile: str | None,
+    env_extra: dict | None = None,
+    log_path: Path | None = None,
+    phases: list[str] | None = None,
+) -> subprocess.Popen:
     """Start the process that registers and serves the ``study`` deployment."""
-    spec = json.dumps({"name": name, "cron": cron, "interval": interval_s, "params_path": params_path,
-                       "overrides": overrides, "profile": profile, "phases": phases})
+    spec = json.dumps(
+        {
+            "name": name,
+            "cron": cron,
+            "interval": interval_s,
+            "params_path": params_path,
+            "overrides": overrides,
+            "profile": profile,
+            "phases": phases,
+        }
+    )
     log = open(log_path, "wb") if log_path else None
-    return subprocess.Popen([sys.executable, "-m", "flows.serve", spec], env=_env(api_url, env_extra),
-                            cwd=str(project_root()), stdout=log, stderr=subprocess.STDOUT if log else None,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.serve", spec],
+        env=_env(api_url, env_extra),
+        cwd=str(project_root()),
+        stdout=log,
+        stderr=subprocess.STDOUT if log else None,
+        start_new_session=True,
+    )
 
 
 def stop(*procs: subprocess.Popen | None, timeout: float = 20.0) -> None:
@@ -108,8 +152,12 @@ def _serve_main(spec: dict) -> None:
         name=spec["name"],
         cron=spec["cron"],
         interval=spec["interval"],
-        parameters={"params_path": spec["params_path"], "overrides": spec["overrides"], "profile": spec["profile"],
-                    "phases": spec.get("phases")},
+        parameters={
+            "params_path": spec["params_path"],
+            "overrides": spec["overrides"],
+            "profile": spec["profile"],
+            "phases": spec.get("phases"),
+        },
         description="The sgdlab study pipeline on a schedule (sgdlab serve).",
         tags=["sgdlab"],
         pause_on_shutdown=False,

@@ -38,9 +38,17 @@ BAD = [
     ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 1"),
     ({"data": {"probe_size": 0}}, "data.probe_size", "greater than 0"),
     ({"data": {"probe_size": -5}}, "data.probe_size", "greater than 0"),
-    ({"data": {"fashion_mnist": {"train_size": 70000}}}, "data.fashion_mnist.train_size", "less than or equal to 60000"),
+    (
+        {"data": {"fashion_mnist": {"train_size": 70000}}},
+        "data.fashion_mnist.train_size",
+        "less than or equal to 60000",
+    ),
     ({"data": {"mnist1d": {"train_split": 1.0}}}, "data.mnist1d.train_split", "less than 1"),
-    ({"data": {"sparse_regression": {"kappa": 200, "d": 100}}}, "data.sparse_regression", "kappa (200) must be <= d (100)"),
+    (
+        {"data": {"sparse_regression": {"kappa": 200, "d": 100}}},
+        "data.sparse_regression",
+        "kappa (200) must be <= d (100)",
+    ),
     ({"data": {"sparse_regression": {"noise": -0.1}}}, "data.sparse_regression.noise", "greater than or equal to 0"),
     ({"data": {"xor": {"i": 3, "j": 3}}}, "data.xor", "distinct coordinates"),
     ({"data": {"separable": {"n_train": 7}}}, "data.separable.n_train", "must be even"),
@@ -73,12 +81,15 @@ def test_overrides_parse_yaml_values(tmp_path):
     assert cfg.data.fashion_mnist.train_size == 100 and cfg.study.name == "s"
 
 
-@pytest.mark.parametrize("item, match", [
-    ("study.seed", "expected section.key=value"),
-    ("study..seed=1", "bad key"),
-    ("study.seed=[1,", "cannot parse value"),
-    ("study.seed.x=1", "'seed' is a value, not a section"),
-])
+@pytest.mark.parametrize(
+    "item, match",
+    [
+        ("study.seed", "expected section.key=value"),
+        ("study..seed=1", "bad key"),
+        ("study.seed=[1,", "cannot parse value"),
+        ("study.seed.x=1", "'seed' is a value, not a section"),
+    ],
+)
 def test_bad_overrides(item, match):
     with pytest.raises(ConfigError, match=match):
         apply_overrides({"study": {"seed": 1}}, [item])
@@ -102,7 +113,9 @@ def test_dump_round_trips():
 
 
 def _cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "sgdlab.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sgdlab.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 def test_cli_config_prints_resolved_with_overrides():

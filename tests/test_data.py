@@ -89,8 +89,19 @@ def test_real_fashion_mnist_verifies():
 
 
 def _raw(x, y):
-    return RawDataset("t", "classification", 3, x, y, x[:2], y[:2], source="unit",
-                      checksums={"f": "abc"}, params={"k": 1}, extra={"w": [1.0]})
+    return RawDataset(
+        "t",
+        "classification",
+        3,
+        x,
+        y,
+        x[:2],
+        y[:2],
+        source="unit",
+        checksums={"f": "abc"},
+        params={"k": 1},
+        extra={"w": [1.0]},
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])

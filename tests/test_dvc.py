@@ -22,8 +22,13 @@ def _run(args, cwd, env, check=True):
 
 def _clone(dst: Path) -> None:
     """Copy what git would check out (tracked + untracked-not-ignored files) into a new git repo."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():
@@ -76,14 +81,28 @@ def test_dvc_repro_prepare_runs_then_is_a_noop_and_push_pull_round_trip(tmp_path
 
 def _tiny_study(params: dict) -> dict:
     """The whole study at toy size: 400 Fashion-MNIST images, 2 runs of 30 steps, a 3-step GAN."""
-    params["data"].update({"datasets": ["fashion_mnist"], "probe_size": 32,
-                           "fashion_mnist": {**params["data"]["fashion_mnist"], "train_size": 400, "test_size": 100}})
-    params["train"].update({"dataset": "fashion_mnist", "steps": 30, "log_every": 10, "eval_every": 0, "checkpoint_every": 0})
-    params["sweep"].update({"optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.01}], "seeds": [0],
-                            "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [8]}}]})
+    params["data"].update(
+        {
+            "datasets": ["fashion_mnist"],
+            "probe_size": 32,
+            "fashion_mnist": {**params["data"]["fashion_mnist"], "train_size": 400, "test_size": 100},
+        }
+    )
+    params["train"].update(
+        {"dataset": "fashion_mnist", "steps": 30, "log_every": 10, "eval_every": 0, "checkpoint_every": 0}
+    )
+    params["sweep"].update(
+        {
+            "optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.01}],
+            "seeds": [0],
+            "batch_sizes": [32],
+            "models": [{"name": "mlp", "kwargs": {"widths": [8]}}],
+        }
+    )
     params["probe"].update({"subset_size": 32, "every": 0, "trace_probes": 2, "density_probes": 1, "lanczos_steps": 5})
-    params["gan"].update({"overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1}, "n_per_class": 8,
-                          "frechet_steps": 0})
+    params["gan"].update(
+        {"overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1}, "n_per_class": 8, "frechet_steps": 0}
+    )
     params["predict"]["flatness"] = {"target": 0.1, "n_samples": 2, "n_iter": 3}
     return params
 
@@ -98,8 +117,14 @@ def test_make_run_leaves_dvc_knowing_everything_then_a_profile_edit_is_seen(tmp_
     params = _tiny_study(yaml.safe_load((clone / "params.yaml").read_text()))
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SGDLAB_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", MLFLOW_TRACKING_URI=mlflow_store, GIT_AUTHOR_NAME="t", GIT_COMMITTER_NAME="t",
-               GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_EMAIL="t@example.com")
+    env.update(
+        PATH=f"{BIN}:{env['PATH']}",
+        MLFLOW_TRACKING_URI=mlflow_store,
+        GIT_AUTHOR_NAME="t",
+        GIT_COMMITTER_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
     _run(["git", "init", "-q", "-b", "main"], clone, env)
     _run(["git", "add", "-A"], clone, env)
     _run(["git", "commit", "-q", "-m", "clone"], clone, env)

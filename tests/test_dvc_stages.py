@@ -25,8 +25,14 @@ def test_stage_deps_cover_what_the_issue_found_missing():
         return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps[stage])
 
     for stage in ("probe", "predict"):
-        for lib in ("src/sgdlab/models/mlp.py", "src/sgdlab/train/loop.py", "src/sgdlab/optim/registry.py",
-                    "src/sgdlab/data/loader.py", "src/sgdlab/runspec.py", "src/sgdlab/study.py"):
+        for lib in (
+            "src/sgdlab/models/mlp.py",
+            "src/sgdlab/train/loop.py",
+            "src/sgdlab/optim/registry.py",
+            "src/sgdlab/data/loader.py",
+            "src/sgdlab/runspec.py",
+            "src/sgdlab/study.py",
+        ):
             assert covered(stage, lib), (stage, lib)
     assert covered("gan", "src/sgdlab/gan/train.py") and covered("gan", "src/sgdlab/data/loader.py")
     assert covered("sweep", "src/sgdlab/runner.py") and covered("sweep", "src/sgdlab/hessian/lanczos.py")
@@ -46,8 +52,12 @@ def test_import_closure_follows_function_level_imports():
 
 def test_every_profile_writes_exactly_the_declared_outs():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    dvc_vars = {"${study.models_dir}": params["study"]["models_dir"], "${study.results_dir}": params["study"]["results_dir"],
-                "${study.name}": params["study"]["name"], "${data.root}": params["data"]["root"]}
+    dvc_vars = {
+        "${study.models_dir}": params["study"]["models_dir"],
+        "${study.results_dir}": params["study"]["results_dir"],
+        "${study.name}": params["study"]["name"],
+        "${data.root}": params["data"]["root"],
+    }
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for profile in params["profiles"]:
         study = Study(load_config(REPO / "params.yaml", profile=profile), root=REPO)

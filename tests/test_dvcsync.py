@@ -39,8 +39,13 @@ def _run(args, cwd, env):
 def _clone(dst: Path, env: dict, git: bool = True) -> Path:
     """What git would check out (tracked + untracked-not-ignored files), as a new git repo, with the
     two fast datasets only."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                           cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for f in filter(None, files):
         src = REPO / f
         if src.is_file():

@@ -16,8 +16,15 @@ from sgdlab.gan import (
 )
 
 TINY = dict(
-    z_dim=8, g_widths=(8, 8, 4), d_widths=(4, 8, 8), steps=6, batch_size=8, log_every=2,
-    bn_stat_batches=2, device="cpu", seed=0,
+    z_dim=8,
+    g_widths=(8, 8, 4),
+    d_widths=(4, 8, 8),
+    steps=6,
+    batch_size=8,
+    log_every=2,
+    bn_stat_batches=2,
+    device="cpu",
+    seed=0,
 )
 
 
@@ -42,7 +49,11 @@ def trained(tmp_path_factory):
     path = tmp_path_factory.mktemp("gan") / "gan.pt"
     seen = []
     res = train_gan(
-        x, y, 3, GANConfig(**TINY), checkpoint_path=path,
+        x,
+        y,
+        3,
+        GANConfig(**TINY),
+        checkpoint_path=path,
         metric_sink=lambda m, step: seen.append((step, m)),
     )
     return res, path, seen
@@ -81,10 +92,7 @@ def test_training_runs_with_finite_losses(trained):
 
 def test_ema_generator_differs_from_raw(trained):
     res, _, _ = trained
-    diffs = [
-        (pe - pr).abs().max().item()
-        for pe, pr in zip(res.generator.parameters(), res.generator_raw.parameters())
-    ]
+    diffs = [(pe - pr).abs().max().item() for pe, pr in zip(res.generator.parameters(), res.generator_raw.parameters())]
     assert max(diffs) > 1e-6
     assert generator_hash(res.generator) != generator_hash(res.generator_raw)
 

@@ -60,7 +60,7 @@ def test_color_on_one_channel_scales_contrast_about_the_mean():
     # brightness shifts by b, contrast scales deviations by c in [0.5, 1.5]
     dev_in = x - x.mean(dim=(1, 2, 3), keepdim=True)
     dev_out = out - out.mean(dim=(1, 2, 3), keepdim=True)
-    ratio = (dev_out.flatten(1).norm(dim=1) / dev_in.flatten(1).norm(dim=1))
+    ratio = dev_out.flatten(1).norm(dim=1) / dev_in.flatten(1).norm(dim=1)
     assert ((ratio >= 0.5 - 1e-5) & (ratio <= 1.5 + 1e-5)).all()
     assert torch.allclose(dev_out, dev_in * ratio.view(-1, 1, 1, 1), atol=1e-5)
 

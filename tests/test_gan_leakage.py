@@ -20,8 +20,15 @@ from sgdlab.gan import GANConfig, generator_hash, sample_synthetic, train_gan
 from sgdlab.generalization import GANPredictor
 
 CFG = GANConfig(
-    z_dim=8, g_widths=(8, 8, 4), d_widths=(4, 8, 8), steps=3, batch_size=8, log_every=1,
-    bn_stat_batches=1, device="cpu", seed=0,
+    z_dim=8,
+    g_widths=(8, 8, 4),
+    d_widths=(4, 8, 8),
+    steps=3,
+    batch_size=8,
+    log_every=1,
+    bn_stat_batches=1,
+    device="cpu",
+    seed=0,
 )
 
 
@@ -62,7 +69,13 @@ def _gan_path(splits, classifier: nn.Module):
 def test_signatures_admit_no_held_out_data():
     params = list(inspect.signature(train_gan).parameters)
     assert params == [
-        "x_train", "y_train", "num_classes", "cfg", "data_range", "progress", "metric_sink",
+        "x_train",
+        "y_train",
+        "num_classes",
+        "cfg",
+        "data_range",
+        "progress",
+        "metric_sink",
         "checkpoint_path",
     ]
     for fn in (train_gan, sample_synthetic):

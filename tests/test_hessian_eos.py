@@ -50,8 +50,7 @@ def test_gd_sharpness_rises_to_and_hovers_at_two_over_lr():
     try:
         X, Y = fmnist_subset(1000)
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(),
-                              nn.Linear(200, 10))
+        model = nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 200), nn.Tanh(), nn.Linear(200, 10))
         lr, steps, every = 0.04, 1500, 25
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         probe = hs.SharpnessProbe(half_sq_loss, (X, Y), every_k=every, tol=1e-3)

@@ -59,13 +59,11 @@ def test_lanczos_restarts_to_find_repeated_eigenvalue():
     eigs = torch.tensor([5.0, 5.0, 3.0, 3.0, 1.0, 1.0, 1.0, 0.5], dtype=torch.float64)
     op = hs.ExplicitOperator(with_spectrum(eigs, seed=2))
     res = hs.lanczos(op, 3, tol=1e-10, seed=0)
-    torch.testing.assert_close(res.eigenvalues, torch.tensor([5.0, 5.0, 3.0], dtype=torch.float64),
-                               atol=1e-10, rtol=0)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([5.0, 5.0, 3.0], dtype=torch.float64), atol=1e-10, rtol=0)
 
 
 def test_lanczos_beats_power_iteration_in_matvecs():
-    eigs = torch.cat([torch.tensor([10.0]), 9.5 * torch.rand(399, generator=torch.Generator()
-                                                             .manual_seed(0))]).double()
+    eigs = torch.cat([torch.tensor([10.0]), 9.5 * torch.rand(399, generator=torch.Generator().manual_seed(0))]).double()
     op = hs.ExplicitOperator(with_spectrum(eigs))
     lz = hs.lanczos(op, 1, tol=1e-6)
     pw = hs.power_iteration(op, tol=1e-6, max_iter=5000)
@@ -115,8 +113,7 @@ def test_hutchinson_stderr_is_calibrated():
     A = random_symmetric(30, seed=2)
     op = hs.ExplicitOperator(A)
     true = float(A.trace())
-    z = torch.tensor([(r.estimate - true) / r.stderr
-                      for r in (hs.hutchinson(op, 20, seed=s) for s in range(400))])
+    z = torch.tensor([(r.estimate - true) / r.stderr for r in (hs.hutchinson(op, 20, seed=s) for s in range(400))])
     coverage = float((z.abs() <= 2).double().mean())
     assert 0.9 <= coverage <= 0.99  # ~0.94 expected for a t-statistic with 19 dof
     assert 0.85 < float(z.std()) < 1.25
@@ -187,12 +184,12 @@ def test_slq_early_breakdown_pads_with_zero_weights():
     assert abs(float(res.weights.sum()) - 1) < 1e-12
 
 
-
 def test_krylov_basis_stays_orthonormal():
     # Converged Ritz vectors make plain Lanczos lose orthogonality; full reorthogonalization
     # with the DGKS second pass keeps Q^T Q = I.
-    eigs = torch.cat([torch.tensor([100.0, 99.0]), torch.rand(298, generator=torch.Generator()
-                                                                .manual_seed(1))]).double()
+    eigs = torch.cat(
+        [torch.tensor([100.0, 99.0]), torch.rand(298, generator=torch.Generator().manual_seed(1))]
+    ).double()
     op = hs.ExplicitOperator(with_spectrum(eigs, seed=10))
     kr = Krylov(op, torch.ones(300, dtype=torch.float64), 150)
     for _ in range(149):

@@ -32,9 +32,7 @@ def tiny_mlp():
 
 def tiny_cnn():
     torch.manual_seed(1)
-    model = nn.Sequential(
-        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)
-    ).double()
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Tanh(), nn.Flatten(), nn.Linear(18, 3)).double()
     bn = model[1]
     with torch.no_grad():  # non-trivial running statistics and affine params
         bn.running_mean.copy_(torch.randn(2))
@@ -131,8 +129,7 @@ def test_lanczos_top_k_equals_eigvalsh(problem, k):
 
 def test_lanczos_eigenvectors_are_eigenvectors(problem):
     model, data, H = problem
-    res = hs.top_eigenvalues(model, F.cross_entropy, data, k=2, tol=1e-10,
-                             return_eigenvectors=True)
+    res = hs.top_eigenvalues(model, F.cross_entropy, data, k=2, tol=1e-10, return_eigenvectors=True)
     V = res.eigenvectors  # (n, 2)
     torch.testing.assert_close(H @ V, V * res.eigenvalues, atol=1e-8, rtol=0)
 
@@ -153,8 +150,7 @@ def test_block_hvp_matches_hessian_block(problem):
     off = offsets(model)
     idx = torch.cat([torch.arange(*off[n]) for n in off if n.startswith(name + ".")])
     for backend in ("double_backward", "fwd_over_rev"):
-        op = hs.HessianOperator(model, F.cross_entropy, data, params=[name], backend=backend,
-                                batch_size=9)
+        op = hs.HessianOperator(model, F.cross_entropy, data, params=[name], backend=backend, batch_size=9)
         assert op.param_names == [f"{name}.weight", f"{name}.bias"]
         torch.testing.assert_close(op.to_dense(), H[idx][:, idx], atol=1e-10, rtol=0)
     # a single tensor by exact name
@@ -271,8 +267,7 @@ def test_cuda_operator_matches_cpu_and_keeps_cuda_rng():
         v = torch.randn(op.n, dtype=torch.float64)
         torch.testing.assert_close(op.matvec(v.cuda()).cpu(), H @ v, atol=1e-10, rtol=0)
     res = hs.top_eigenvalues(gpu, F.cross_entropy, data, k=2, tol=1e-10)
-    torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(H).flip(0)[:2],
-                               atol=1e-8, rtol=0)
+    torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(H).flip(0)[:2], atol=1e-8, rtol=0)
     assert torch.equal(torch.cuda.get_rng_state(), state)
 
 

@@ -19,9 +19,7 @@ def _one_thread():
 def bn_model():
     """Train-mode model with BatchNorm, dropout (in eval), a frozen bias and mixed .grad."""
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)
-    ).double()
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Dropout(0.3), nn.Linear(6, 3)).double()
     model.train()
     model[3].eval()  # mixed modes must survive
     model[4].bias.requires_grad_(False)
@@ -35,12 +33,10 @@ def bn_model():
 def snapshot(model):
     return {
         "modes": [m.training for m in model.modules()],
-        "track": [m.track_running_stats for m in model.modules()
-                  if isinstance(m, nn.BatchNorm1d)],
+        "track": [m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm1d)],
         "buffers": {n: b.clone() for n, b in model.named_buffers()},
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "grads": {n: (None if p.grad is None else (id(p.grad), p.grad.clone()))
-                  for n, p in model.named_parameters()},
+        "grads": {n: (None if p.grad is None else (id(p.grad), p.grad.clone())) for n, p in model.named_parameters()},
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "rng": torch.get_rng_state(),
         "grad_enabled": torch.is_grad_enabled(),
@@ -80,22 +76,20 @@ def adam_for(model, data):
 PROBES = {
     "top_eigenvalues": lambda m, d, o: hs.top_eigenvalues(m, F.cross_entropy, d, k=2),
     "top_eigenvalues_bn_train": lambda m, d, o: hs.top_eigenvalues(
-        m, F.cross_entropy, d, bn_mode="train", batch_size=8),
+        m, F.cross_entropy, d, bn_mode="train", batch_size=8
+    ),
     "trace": lambda m, d, o: hs.trace(m, F.cross_entropy, d, n_probes=4),
-    "trace_hutchpp": lambda m, d, o: hs.trace(m, F.cross_entropy, d, n_probes=9,
-                                              method="hutch++", bn_mode="train"),
+    "trace_hutchpp": lambda m, d, o: hs.trace(m, F.cross_entropy, d, n_probes=9, method="hutch++", bn_mode="train"),
     "spectral_density": lambda m, d, o: hs.spectral_density(m, F.cross_entropy, d, 2, 5),
-    "preconditioned_sharpness": lambda m, d, o: hs.preconditioned_sharpness(
-        m, F.cross_entropy, d, o),
-    "sharpness_probe": lambda m, d, o: hs.SharpnessProbe(
-        F.cross_entropy, d, every_k=1, n_trace_probes=3)(0, m, o),
+    "preconditioned_sharpness": lambda m, d, o: hs.preconditioned_sharpness(m, F.cross_entropy, d, o),
+    "sharpness_probe": lambda m, d, o: hs.SharpnessProbe(F.cross_entropy, d, every_k=1, n_trace_probes=3)(0, m, o),
     "fwd_over_rev_train": lambda m, d, o: hs.HessianOperator(
         m, F.cross_entropy, d, backend="fwd_over_rev", bn_mode="train", batch_size=5
     ).matvec(torch.ones(60, dtype=torch.float64)),
-    "power_iteration": lambda m, d, o: hs.power_iteration(
-        hs.HessianOperator(m, F.cross_entropy, d), max_iter=5),
+    "power_iteration": lambda m, d, o: hs.power_iteration(hs.HessianOperator(m, F.cross_entropy, d), max_iter=5),
     "ggn": lambda m, d, o: hs.GGNOperator(m, F.cross_entropy, d, bn_mode="train").matvec(
-        torch.ones(60, dtype=torch.float64)),
+        torch.ones(60, dtype=torch.float64)
+    ),
 }
 
 
@@ -210,8 +204,7 @@ def test_stability_threshold_formulas():
     assert hs.stability_threshold("adam", 1e-3, beta1=0.9) == pytest.approx(38_000.0)
     assert hs.stability_threshold("adamw", 1e-3) == pytest.approx(38_000.0)  # beta1=0.9 default
     w = [nn.Parameter(torch.zeros(1))]
-    assert hs.stability_threshold(torch.optim.Adam(w, lr=0.01, betas=(0.8, 0.99))) == \
-        pytest.approx(3.6 / 0.2 / 0.01)
+    assert hs.stability_threshold(torch.optim.Adam(w, lr=0.01, betas=(0.8, 0.99))) == pytest.approx(3.6 / 0.2 / 0.01)
     with pytest.raises(ValueError, match="optimizer kind must be one of.*'lion'"):
         hs.stability_threshold("lion", 0.1)
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
@@ -220,24 +213,24 @@ def test_stability_threshold_formulas():
         hs.stability_threshold(torch.optim.RMSprop(w, lr=0.1))
 
 
-@pytest.mark.parametrize(("momentum", "nesterov", "dampening"),
-                         [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0),
-                          (0.5, False, 0.5)])
+@pytest.mark.parametrize(
+    ("momentum", "nesterov", "dampening"), [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, True, 0.0), (0.5, False, 0.5)]
+)
 def test_threshold_separates_stable_from_unstable_torch_sgd(momentum, nesterov, dampening):
     """torch.optim.SGD on 0.5 * lam * x^2: converges just below the threshold, diverges above."""
     lr = 0.1
 
     def final_abs(lam):
         x = nn.Parameter(torch.ones(1, dtype=torch.float64))
-        opt = torch.optim.SGD([x], lr=lr, momentum=momentum, nesterov=nesterov,
-                              dampening=dampening)
+        opt = torch.optim.SGD([x], lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening)
         for _ in range(2000):
             x.grad = lam * x.detach().clone()
             opt.step()
         return float(x.abs())
 
-    probe_opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=lr, momentum=momentum,
-                                nesterov=nesterov, dampening=dampening)
+    probe_opt = torch.optim.SGD(
+        [nn.Parameter(torch.ones(1))], lr=lr, momentum=momentum, nesterov=nesterov, dampening=dampening
+    )
     lam_star = hs.stability_threshold(probe_opt)
     assert final_abs(0.98 * lam_star) < 1e-3
     assert final_abs(1.02 * lam_star) > 1e3
@@ -249,16 +242,14 @@ def test_threshold_separates_stable_from_unstable_torch_sgd(momentum, nesterov, 
 def test_sharpness_probe_metrics_and_cadence():
     model, data = bn_model()
     sgd = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    probe = hs.SharpnessProbe(F.cross_entropy, data, every_k=10, k_eigs=2, n_trace_probes=6,
-                              tol=1e-8)
+    probe = hs.SharpnessProbe(F.cross_entropy, data, every_k=10, k_eigs=2, n_trace_probes=6, tol=1e-8)
     assert probe(5, model, sgd) == {}
     out = probe(10, model, sgd)
     assert out["hessian/threshold"] == pytest.approx(3.8 / 0.05)
     ref = hs.top_eigenvalues(model, F.cross_entropy, data, k=2, tol=1e-8).eigenvalues
     assert out["hessian/lambda_max"] == pytest.approx(float(ref[0]))
     assert out["hessian/lambda_2"] == pytest.approx(float(ref[1]))
-    assert {"hessian/trace", "hessian/trace_stderr", "hessian/loss",
-            "hessian/n_matvecs"} <= out.keys()
+    assert {"hessian/trace", "hessian/trace_stderr", "hessian/loss", "hessian/n_matvecs"} <= out.keys()
     assert "hessian/precond_lambda_max" not in out
     assert probe(20, model, sgd) == out  # same point, same seeded probes
 
@@ -268,8 +259,7 @@ def test_sharpness_probe_metrics_and_cadence():
     pre = hs.preconditioned_sharpness(model, F.cross_entropy, data, opt).lambda_max
     assert out["hessian/precond_lambda_max"] == pytest.approx(pre)
     fresh = torch.optim.Adam(model.parameters())  # no state yet: precond metric skipped
-    assert "hessian/precond_lambda_max" not in hs.SharpnessProbe(F.cross_entropy, data)(
-        0, model, fresh)
+    assert "hessian/precond_lambda_max" not in hs.SharpnessProbe(F.cross_entropy, data)(0, model, fresh)
     with pytest.raises(ValueError, match="every_k must be a positive int, got 0"):
         hs.SharpnessProbe(F.cross_entropy, data, every_k=0)
     with pytest.raises(ValueError, match="n_trace_probes must be >= 6 for hutch\\+\\+, got 4"):

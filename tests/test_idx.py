@@ -18,7 +18,12 @@ def test_parse_hand_made_uint8_images():
 def test_parse_hand_made_labels_and_big_endian_int32():
     labels = parse_idx(bytes([0, 0, 0x08, 1]) + (4).to_bytes(4, "big") + bytes([9, 0, 3, 7]))
     assert labels.tolist() == [9, 0, 3, 7]
-    ints = parse_idx(bytes([0, 0, 0x0C, 1]) + (2).to_bytes(4, "big") + (258).to_bytes(4, "big") + (-1).to_bytes(4, "big", signed=True))
+    ints = parse_idx(
+        bytes([0, 0, 0x0C, 1])
+        + (2).to_bytes(4, "big")
+        + (258).to_bytes(4, "big")
+        + (-1).to_bytes(4, "big", signed=True)
+    )
     assert ints.tolist() == [258, -1] and ints.dtype == np.int32
 
 

@@ -22,9 +22,17 @@ from sgdlab.ui import ProcessTree
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=20000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=20000",
+]
 
 
 def _free_port() -> int:
@@ -44,10 +52,25 @@ def test_mlflow_ui_lists_the_study_runs(tmp_path, mlflow_store):
     tracking.end_run(parent)
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", mlflow_store, "--host", "127.0.0.1",
-           "--port", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
-                              env={**os.environ, "MLFLOW_WORKERS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        mlflow_store,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_WORKERS": "1"},
+    )
     tree = ProcessTree(server)
     try:
         deadline = time.monotonic() + 120
@@ -60,11 +83,25 @@ def test_mlflow_ui_lists_the_study_runs(tmp_path, mlflow_store):
                 tree.refresh()
                 time.sleep(1)
         url = tracking.runs_url(exp, port=port)
-        dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=120).stdout
+        dom = subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         shot = tmp_path / "runs.png"
-        subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chrome2'}", "--window-size=1400,900",
-                        f"--screenshot={shot}", url], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={tmp_path / 'chrome2'}",
+                "--window-size=1400,900",
+                f"--screenshot={shot}",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
+        )
     finally:
         tree.stop()  # the huey job consumers too
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))

@@ -82,8 +82,7 @@ def test_resnet_norm_batch_vs_none():
 
 
 def test_two_layer_symmetric_init_is_zero_and_fixed_layer_is_buffer():
-    m = build_model("two_layer_relu", (5,), 1, width=8, symmetric_init=True,
-                    fixed_second_layer=True, seed=0)
+    m = build_model("two_layer_relu", (5,), 1, width=8, symmetric_init=True, fixed_second_layer=True, seed=0)
     assert torch.allclose(m(torch.randn(10, 5)), torch.zeros(10, 1), atol=1e-6)
     names = {n for n, _ in m.named_parameters()}
     assert names == {"w", "b"}

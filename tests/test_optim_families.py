@@ -57,9 +57,7 @@ def test_decreases_convex_quadratic(name):
     with torch.no_grad():
         f0 = float(q())
     opt = build(name, q)
-    losses = drive(
-        opt, name, hparams_for(name), lambda s, o: q(), STEPS, torch.Generator().manual_seed(1)
-    )
+    losses = drive(opt, name, hparams_for(name), lambda s, o: q(), STEPS, torch.Generator().manual_seed(1))
     with torch.no_grad():
         f1 = float(q())
     assert all(map(lambda v: v == v, losses)), f"{name}: NaN loss"

@@ -139,9 +139,7 @@ def test_svag_l1_is_sgd_and_step_is_lr_over_l():
 
 def test_svag_adam_effective_hparams():
     w = nn.Parameter(torch.zeros(3, dtype=F64))
-    opt = build_optimizer(
-        "svag_adam", [("w", w)], {"lr": 1e-3, "l": 2, "betas": (0.9, 0.999), "eps": 1e-8}
-    )
+    opt = build_optimizer("svag_adam", [("w", w)], {"lr": 1e-3, "l": 2, "betas": (0.9, 0.999), "eps": 1e-8})
     g = opt.param_groups[0]
     assert g["lr"] == 5e-4 and g["eps"] == 2e-8
     assert g["betas"] == pytest.approx((1 - 0.1 / 4, 1 - 0.001 / 4), abs=1e-16)
@@ -152,9 +150,7 @@ def test_svag_adam_effective_hparams():
 # ---- Local SGD ---------------------------------------------------------------------------------
 def _local_run(K, B, H, steps, lr, momentum=0.0, seed=0):
     x, y, w = regression(n=96, seed=seed)
-    opt = build_optimizer(
-        "local_sgd", [("w", w)], {"lr": lr, "workers": K, "local_steps": H, "momentum": momentum}
-    )
+    opt = build_optimizer("local_sgd", [("w", w)], {"lr": lr, "workers": K, "local_steps": H, "momentum": momentum})
     g = torch.Generator().manual_seed(seed)
     draws = []
     for _ in range(steps):
@@ -258,9 +254,7 @@ def test_normalized_gd_step_has_norm_lr():
     torch.testing.assert_close(step, -0.37 * grad / grad.norm(), rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize(
-    ("lr", "c", "f_star"), [(10.0, 0.5, 0.0), (0.01, 0.5, 0.0), (10.0, 0.2, 0.3)]
-)
+@pytest.mark.parametrize(("lr", "c", "f_star"), [(10.0, 0.5, 0.0), (0.01, 0.5, 0.0), (10.0, 0.2, 0.3)])
 def test_sps_step_matches_formula_on_quadratic(lr, c, f_star):
     A = torch.diag(torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=F64))
     x = nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 1.5], dtype=F64))
@@ -278,10 +272,7 @@ def test_sps_step_matches_formula_on_quadratic(lr, c, f_star):
     gamma = min((f - f_star) / (c * float(g @ g)), lr)
     assert opt.param_groups[0]["last_step_size"] == pytest.approx(gamma, rel=1e-15)
     torch.testing.assert_close(x.detach(), x0 - gamma * g, rtol=0, atol=1e-15)
-    assert (
-        sps_step_size(1.0, 0.0, 0.0, 0.5, 1.0) == 0.0
-        and sps_step_size(0.1, 0.3, 1.0, 0.5, 1.0) == 0.0
-    )
+    assert sps_step_size(1.0, 0.0, 0.0, 0.5, 1.0) == 0.0 and sps_step_size(0.1, 0.3, 1.0, 0.5, 1.0) == 0.0
 
 
 def test_gam_step_matches_formula_on_quadratic():
@@ -366,8 +357,9 @@ def test_gam_evaluates_each_hessian_at_its_own_point_on_a_non_quadratic():
     x = nn.Parameter(torch.tensor([1.0, -1.5, 0.8], dtype=F64))
     x0 = x.detach().clone()
     lr, rho, alpha = 0.1, 0.2, 0.5
-    opt = build_optimizer("gam", [("x", x)], {"lr": lr, "rho": rho, "alpha": alpha, "momentum": 0.0,
-                                               "fd_radius": 1e-7, "eps": 1e-300})
+    opt = build_optimizer(
+        "gam", [("x", x)], {"lr": lr, "rho": rho, "alpha": alpha, "momentum": 0.0, "fd_radius": 1e-7, "eps": 1e-300}
+    )
 
     def f(v):
         return 0.25 * (v**4).sum() + 0.5 * v @ A @ v

@@ -99,9 +99,7 @@ def test_unknown_optimizer_suggests_close_names():
 
 
 def test_unknown_hparam_is_named_with_accepted_list():
-    with pytest.raises(
-        ValueError, match=r"unknown hparam\(s\) \['betas1'\]; accepted: \['lr', 'betas'"
-    ):
+    with pytest.raises(ValueError, match=r"unknown hparam\(s\) \['betas1'\]; accepted: \['lr', 'betas'"):
         resolve_hparams("adam", {"betas1": 0.9})
 
 

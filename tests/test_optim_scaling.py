@@ -25,9 +25,7 @@ def test_linear_scaling_momentum_keeps_mu_and_can_scale_down():
     out = linear_scaling(S("momentum", {"lr": 0.05, "momentum": 0.9}), 0.5)
     assert (out.batch_size, out.steps) == (16, 2000)
     assert out.hparams["lr"] == 0.025 and out.hparams["momentum"] == 0.9
-    assert (
-        linear_scaling(S("nesterov", {"lr": 0.3}, steps=999), 3).hparams["lr"] == 0.9
-    )  # 3 * 0.3 exactly
+    assert linear_scaling(S("nesterov", {"lr": 0.3}, steps=999), 3).hparams["lr"] == 0.9  # 3 * 0.3 exactly
 
 
 @pytest.mark.parametrize(

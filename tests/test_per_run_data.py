@@ -14,8 +14,13 @@ CFG = {
     "study": {"name": "own-data", "device": "cpu"},
     "data": {"datasets": ["xor"], "xor": {"n_train": 200, "n_test": 400}, "probe_size": 64},
     "train": {"dataset": "xor", "steps": 300, "log_every": 50, "eval_every": 0, "checkpoint_every": 0},
-    "sweep": {"optimizers": [{"name": "adam", "lr": 0.01}], "seeds": [0], "batch_sizes": [9],
-              "train_fractions": [0.1], "models": [{"name": "mlp", "kwargs": {"widths": [64]}}]},
+    "sweep": {
+        "optimizers": [{"name": "adam", "lr": 0.01}],
+        "seeds": [0],
+        "batch_sizes": [9],
+        "train_fractions": [0.1],
+        "models": [{"name": "mlp", "kwargs": {"widths": [64]}}],
+    },
     "probe": {"subset_size": 16, "every": 0, "trace_probes": 2, "density_probes": 0},
 }
 
@@ -56,8 +61,14 @@ def test_train_error_and_gap_of_a_subset_run_are_on_its_own_data(tmp_path, mlflo
     assert full_err - own_err > 0.1  # memorised its 18 examples, not the other 162
 
     x_syn, y_syn = splits.x_test[:20], splits.y_test[:20]
-    pred = predict_population([(run.spec, run.checkpoint, run.row)], splits, x_syn, y_syn,
-                              flatness={"n_samples": 2, "n_iter": 3}, hessian={"subset_size": 16, "trace_probes": 2})[0]
+    pred = predict_population(
+        [(run.spec, run.checkpoint, run.row)],
+        splits,
+        x_syn,
+        y_syn,
+        flatness={"n_samples": 2, "n_iter": 3},
+        hessian={"subset_size": 16, "trace_probes": 2},
+    )[0]
     assert pred["true/train_err"] == pytest.approx(own_err)
     assert pred["true/train_err"] == pytest.approx(1 - row["train/acc"])  # the loop's own final evaluation
     assert pred["true/gap"] == pytest.approx(pred["true/test_err"] - own_err)
@@ -68,9 +79,18 @@ def test_adam_kind_runs_compare_preconditioned_sharpness_with_their_threshold(tm
     """rmsprop_bc (Adam with beta1 = 0) has the preconditioned threshold 2/lr: its final-checkpoint probe must
     measure the preconditioned sharpness too, never divide raw lambda_max by that threshold."""
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
-    cfg = from_dict({**CFG, "train": {**CFG["train"], "steps": 20},
-                     "sweep": {**CFG["sweep"], "optimizers": [{"name": "rmsprop_bc", "lr": 0.001}],
-                               "train_fractions": [1.0], "batch_sizes": [32]}})
+    cfg = from_dict(
+        {
+            **CFG,
+            "train": {**CFG["train"], "steps": 20},
+            "sweep": {
+                **CFG["sweep"],
+                "optimizers": [{"name": "rmsprop_bc", "lr": 0.001}],
+                "train_fractions": [1.0],
+                "batch_sizes": [32],
+            },
+        }
+    )
     run_local(cfg, "sweep")
     out = run_local(cfg, "probe")
     m = next(iter(out["metrics"].values()))

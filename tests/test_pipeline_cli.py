@@ -19,15 +19,27 @@ def _project(tmp_path, mlflow_store, **over):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["study"]["name"] = "cli"
     params["data"].update({"datasets": ["xor"], "xor": {"n_train": 400, "n_test": 100}, "probe_size": 32})
-    params["train"].update({"dataset": "xor", "steps": 1200, "log_every": 100, "eval_every": 0, "checkpoint_every": 300})
-    params["sweep"].update({"optimizers": [{"name": "sgd", "lr": [0.05, 0.1, 0.2, 0.4]}], "seeds": [0],
-                            "models": [{"name": "mlp", "kwargs": {"widths": [256, 256]}}], "batch_sizes": [32]})
+    params["train"].update(
+        {"dataset": "xor", "steps": 1200, "log_every": 100, "eval_every": 0, "checkpoint_every": 300}
+    )
+    params["sweep"].update(
+        {
+            "optimizers": [{"name": "sgd", "lr": [0.05, 0.1, 0.2, 0.4]}],
+            "seeds": [0],
+            "models": [{"name": "mlp", "kwargs": {"widths": [256, 256]}}],
+            "batch_sizes": [32],
+        }
+    )
     params["orchestration"]["max_workers"] = 1  # one run at a time: the kill lands between runs
     for k, v in over.items():
         params[k].update(v)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "SGDLAB_HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / ".prefect"),
-           "MLFLOW_TRACKING_URI": mlflow_store}
+    env = {
+        **os.environ,
+        "SGDLAB_HOME": str(tmp_path),
+        "PREFECT_HOME": str(tmp_path / ".prefect"),
+        "MLFLOW_TRACKING_URI": mlflow_store,
+    }
     return env
 
 
@@ -38,8 +50,9 @@ def _results(tmp_path):
 def test_killed_mid_sweep_then_rerun_finishes_without_retraining(tmp_path, mlflow_store):
     env = _project(tmp_path, mlflow_store)
     cmd = [*SGDLAB, "run", "--phase", "prepare", "--phase", "sweep"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while len(_results(tmp_path)) < 1:  # kill as soon as the first run has finished
         assert proc.poll() is None and time.monotonic() < deadline, "sweep ended before it could be interrupted"
@@ -67,9 +80,11 @@ def test_phase_with_missing_inputs_says_what_to_run(tmp_path, mlflow_store):
 
 def test_unknown_profile_and_phase_are_refused(tmp_path, mlflow_store):
     env = _project(tmp_path, mlflow_store)
-    r = subprocess.run([*SGDLAB, "run", "--profile", "huge"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [*SGDLAB, "run", "--profile", "huge"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "profile = 'huge': no such profile; available: full, population, quick" in r.stderr
-    r = subprocess.run([*SGDLAB, "run", "--phase", "train"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [*SGDLAB, "run", "--phase", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 1 and "unknown phase(s) ['train']; phases are: prepare, sweep" in r.stderr

@@ -18,9 +18,20 @@ TINY = {
     "study": {"name": "e2e"},
     "data": {"datasets": ["fashion_mnist"], "fashion_mnist": {"train_size": 600, "test_size": 200}, "probe_size": 64},
     "train": {"steps": 20, "log_every": 5, "eval_every": 10, "checkpoint_every": 10},
-    "sweep": {"optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.001}], "seeds": [0],
-              "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [32]}}]},
-    "probe": {"subset_size": 64, "every": 10, "trace_probes": 4, "density_probes": 1, "lanczos_steps": 8, "max_iter": 30},
+    "sweep": {
+        "optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.001}],
+        "seeds": [0],
+        "batch_sizes": [32],
+        "models": [{"name": "mlp", "kwargs": {"widths": [32]}}],
+    },
+    "probe": {
+        "subset_size": 64,
+        "every": 10,
+        "trace_probes": 4,
+        "density_probes": 1,
+        "lanczos_steps": 8,
+        "max_iter": 30,
+    },
     "gan": {"overrides": {"steps": 4, "batch_size": 16, "bn_stat_batches": 1}, "n_per_class": 8, "frechet_steps": 4},
     "predict": {"flatness": {"n_samples": 2, "n_iter": 6}},
 }
@@ -53,8 +64,17 @@ def test_dvc_repro_runs_the_study_then_noop_then_partial_rerun(tmp_path, _mlflow
     for stage in ("prepare", "sweep", "probe", "gan", "predict", "report"):
         assert f"Running stage '{stage}'" in first.stdout, first.stdout[-3000:]
     res = clone / "results" / "e2e"
-    for f in ("runs.parquet", "probe.parquet", "predictions.parquet", "scores.parquet", "scores.json",
-              "gan/synthetic.parquet", "gan/samples.png", "report/report.html", "report/fig1_training_curves.png"):
+    for f in (
+        "runs.parquet",
+        "probe.parquet",
+        "predictions.parquet",
+        "scores.parquet",
+        "scores.json",
+        "gan/synthetic.parquet",
+        "gan/samples.png",
+        "report/report.html",
+        "report/fig1_training_curves.png",
+    ):
         assert (res / f).is_file(), f
     scores = json.loads((res / "scores.json").read_text())
     assert {"gan/mae", "val/mae", "lambda_max/kendall_tau"} <= set(scores)

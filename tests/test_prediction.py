@@ -12,9 +12,16 @@ from sgdlab.prediction import SyntheticSetError, load_synthetic, score_predictor
 def _poisoned_dataset(root, n_train=200, n_test=20):
     """28x28 float images whose TEST split is all NaN: if any GAN code touched it, NaN would spread."""
     rng = np.random.default_rng(0)
-    ds = RawDataset("fashion_mnist", "classification", 10,
-                    rng.random((n_train, 1, 28, 28), dtype=np.float32), np.arange(n_train) % 10,
-                    np.full((n_test, 1, 28, 28), np.nan, dtype=np.float32), np.arange(n_test) % 10, source="unit")
+    ds = RawDataset(
+        "fashion_mnist",
+        "classification",
+        10,
+        rng.random((n_train, 1, 28, 28), dtype=np.float32),
+        np.arange(n_train) % 10,
+        np.full((n_test, 1, 28, 28), np.nan, dtype=np.float32),
+        np.arange(n_test) % 10,
+        source="unit",
+    )
     write_dataset(ds, root / "processed" / "fashion_mnist", "0")
 
 
@@ -24,10 +31,19 @@ def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store, monkeypa
 
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
     _poisoned_dataset(tmp_path / "data")
-    cfg = from_dict({"study": {"name": "gan-test", "device": "cpu"},
-                     "data": {"val_fraction": 0.25, "probe_size": 10},
-                     "gan": {"profile": "cpu", "overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1},
-                             "n_per_class": 4, "seed": 0, "frechet_steps": 3}})
+    cfg = from_dict(
+        {
+            "study": {"name": "gan-test", "device": "cpu"},
+            "data": {"val_fraction": 0.25, "probe_size": 10},
+            "gan": {
+                "profile": "cpu",
+                "overrides": {"steps": 3, "batch_size": 8, "bn_stat_batches": 1},
+                "n_per_class": 4,
+                "seed": 0,
+                "frechet_steps": 3,
+            },
+        }
+    )
     out = run_local(cfg, "gan")
     x, y, meta = load_synthetic(out["synthetic"], meta_hash := _hash(tmp_path / "data"))
     assert torch.isfinite(x).all() and x.shape == (40, 1, 28, 28) and sorted(set(y.tolist())) == list(range(10))
@@ -80,12 +96,25 @@ def _population(n=12):
     rows = []
     for i in range(n):
         test_err = 0.1 + 0.02 * i
-        rows.append({"run_key": f"k{i}", "optimizer": ["sgd", "adam"][i % 2], "lr": [0.1, 0.01, 0.001][i % 3],
-                     "batch_size": 128, "model": "mlp", "steps": 100, "train_fraction": 1.0,
-                     "true/test_err": test_err, "true/train_err": 0.05, "true/gap": test_err - 0.05,
-                     "pred/gan": test_err, "pred/val": test_err + 0.01, "pred/train_err": 0.05,
-                     "measure/lambda_max": -test_err,  # perfectly anti-correlated
-                     "measure/trace": float(rng.random())})
+        rows.append(
+            {
+                "run_key": f"k{i}",
+                "optimizer": ["sgd", "adam"][i % 2],
+                "lr": [0.1, 0.01, 0.001][i % 3],
+                "batch_size": 128,
+                "model": "mlp",
+                "steps": 100,
+                "train_fraction": 1.0,
+                "true/test_err": test_err,
+                "true/train_err": 0.05,
+                "true/gap": test_err - 0.05,
+                "pred/gan": test_err,
+                "pred/val": test_err + 0.01,
+                "pred/train_err": 0.05,
+                "measure/lambda_max": -test_err,  # perfectly anti-correlated
+                "measure/trace": float(rng.random()),
+            }
+        )
     return rows
 
 
@@ -107,9 +136,18 @@ def test_measures_are_scored_against_the_gap_and_predictors_against_test_error()
     rows = []
     for i, lr in enumerate([0.1, 0.2, 0.4, 0.8]):
         test_err, gap = 0.5 - 0.1 * i, 0.02 * i
-        rows.append({"run_key": str(i), "lr": lr, "optimizer": "sgd", "true/test_err": test_err,
-                     "true/train_err": test_err - gap, "true/gap": gap, "pred/gan": test_err + 0.01,
-                     "measure/lambda_max": 10.0 + i})
+        rows.append(
+            {
+                "run_key": str(i),
+                "lr": lr,
+                "optimizer": "sgd",
+                "true/test_err": test_err,
+                "true/train_err": test_err - gap,
+                "true/gap": gap,
+                "pred/gan": test_err + 0.01,
+                "measure/lambda_max": 10.0 + i,
+            }
+        )
     scores = {s["predictor"]: s for s in score_predictors(rows)}
     assert scores["lambda_max"]["target"] == "gap" and scores["lambda_max"]["kendall_tau"] == pytest.approx(1.0)
     assert scores["gan"]["target"] == "test_err" and scores["gan"]["kendall_tau"] == pytest.approx(1.0)
@@ -117,10 +155,19 @@ def test_measures_are_scored_against_the_gap_and_predictors_against_test_error()
 
 
 def test_classifiers_outside_the_gans_training_set_get_no_gan_prediction():
-    rows = [{"run_key": str(i), "lr": lr, "train_fraction": f, "true/test_err": 0.1 * (i + 1), "true/train_err": 0.0,
-             "true/gap": 0.1 * (i + 1), "pred/gan": (0.1 * (i + 1) + 0.01) if f == 1.0 else float("nan"),
-             "pred/val": 0.1 * (i + 1)}
-            for i, (lr, f) in enumerate([(0.1, 1.0), (0.2, 1.0), (0.4, 0.05), (0.8, 1.0)])]
+    rows = [
+        {
+            "run_key": str(i),
+            "lr": lr,
+            "train_fraction": f,
+            "true/test_err": 0.1 * (i + 1),
+            "true/train_err": 0.0,
+            "true/gap": 0.1 * (i + 1),
+            "pred/gan": (0.1 * (i + 1) + 0.01) if f == 1.0 else float("nan"),
+            "pred/val": 0.1 * (i + 1),
+        }
+        for i, (lr, f) in enumerate([(0.1, 1.0), (0.2, 1.0), (0.4, 0.05), (0.8, 1.0)])
+    ]
     scores = {s["predictor"]: s for s in score_predictors(rows)}
     assert scores["gan"]["n_models"] == 3 and scores["gan"]["mae"] == pytest.approx(0.01)
     assert scores["val"]["n_models"] == 4

@@ -12,11 +12,17 @@ from sgdlab.data import load_splits
 @pytest.fixture
 def cfg(tmp_path, monkeypatch):
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
-    return from_dict({
-        "study": {"name": "prep-test"},
-        "data": {"root": str(tmp_path / "data"), "datasets": ["xor", "separable"],
-                 "xor": {"n_train": 64, "n_test": 32}, "separable": {"n_train": 32, "n_test": 16}},
-    })
+    return from_dict(
+        {
+            "study": {"name": "prep-test"},
+            "data": {
+                "root": str(tmp_path / "data"),
+                "datasets": ["xor", "separable"],
+                "xor": {"n_train": 64, "n_test": 32},
+                "separable": {"n_train": 32, "n_test": 16},
+            },
+        }
+    )
 
 
 def _prepare_children(name):
@@ -70,4 +76,7 @@ def test_task_runner_factory_kinds():
 
     assert type(make_task_runner(OrchestrationConfig(task_runner="thread"))).__name__ == "ThreadPoolTaskRunner"
     assert type(make_task_runner(OrchestrationConfig(task_runner="process"))).__name__ == "ProcessPoolTaskRunner"
-    assert type(make_task_runner(OrchestrationConfig(task_runner="dask", dask_address="tcp://127.0.0.1:1"))).__name__ == "DaskTaskRunner"
+    assert (
+        type(make_task_runner(OrchestrationConfig(task_runner="dask", dask_address="tcp://127.0.0.1:1"))).__name__
+        == "DaskTaskRunner"
+    )

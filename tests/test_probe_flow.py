@@ -10,15 +10,25 @@ def test_probe_during_training_and_on_checkpoints(prefect_harness, mlflow_store,
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
     from flows.phases import run_phase
 
-    cfg = from_dict({
-        "study": {"name": "probe-test"},
-        "data": {"root": str(tmp_path / "data"), "datasets": ["xor"], "xor": {"n_train": 200, "n_test": 100},
-                 "probe_size": 64},
-        "train": {"dataset": "xor", "steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 20},
-        "sweep": {"optimizers": [{"name": "sgd", "lr": 0.2}, {"name": "adam", "lr": 0.003}], "seeds": [0],
-                  "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [8], "activation": "tanh"}}]},
-        "probe": {"subset_size": 64, "every": 20, "trace_probes": 4, "density_probes": 1, "lanczos_steps": 10},
-    })
+    cfg = from_dict(
+        {
+            "study": {"name": "probe-test"},
+            "data": {
+                "root": str(tmp_path / "data"),
+                "datasets": ["xor"],
+                "xor": {"n_train": 200, "n_test": 100},
+                "probe_size": 64,
+            },
+            "train": {"dataset": "xor", "steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 20},
+            "sweep": {
+                "optimizers": [{"name": "sgd", "lr": 0.2}, {"name": "adam", "lr": 0.003}],
+                "seeds": [0],
+                "batch_sizes": [32],
+                "models": [{"name": "mlp", "kwargs": {"widths": [8], "activation": "tanh"}}],
+            },
+            "probe": {"subset_size": 64, "every": 20, "trace_probes": 4, "density_probes": 1, "lanczos_steps": 10},
+        }
+    )
     swept = run_phase(cfg, "sweep")
     sgd_row = next(r for r in swept["rows"] if r["optimizer"] == "sgd")
     history = dict(tracking.iter_metric_history(sgd_row["mlflow_run_id"], "hessian/lambda_max"))

@@ -14,16 +14,31 @@ from sgdlab.results import write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DIVERGED_REASON = "loss 3.2e+08 > 1e4 x initial loss at step 140"
-ALL_FIGS = ["fig1_training_curves", "fig2_edge_of_stability", "fig3_spectral_density", "fig4_predicted_vs_true",
-            "fig5_measures", "fig6_summary", "fig7_gan_samples", "fig8_scaling_rules"]
+ALL_FIGS = [
+    "fig1_training_curves",
+    "fig2_edge_of_stability",
+    "fig3_spectral_density",
+    "fig4_predicted_vs_true",
+    "fig5_measures",
+    "fig6_summary",
+    "fig7_gan_samples",
+    "fig8_scaling_rules",
+]
 
 # (optimizer, lr, batch size, variant, threshold factor): SGD threshold 2/lr, Adam (2+2b1)/((1-b1) lr)
-GROUPS = [("sgd", 0.05, 64, "base", 2.0), ("sgd", 0.2, 64, "base", 2.0), ("sgd", 0.1, 128, "linearx2", 2.0),
-          ("momentum", 0.02, 64, "base", 3.8), ("adam", 1e-3, 64, "base", 38.0), ("adam", 3e-3, 128, "base", 38.0)]
+GROUPS = [
+    ("sgd", 0.05, 64, "base", 2.0),
+    ("sgd", 0.2, 64, "base", 2.0),
+    ("sgd", 0.1, 128, "linearx2", 2.0),
+    ("momentum", 0.02, 64, "base", 3.8),
+    ("adam", 1e-3, 64, "base", 38.0),
+    ("adam", 3e-3, 128, "base", 38.0),
+]
 
 
-def make_study(root: Path, *, seeds: int = 3, optional: bool = True, steps: int = 400,
-               n_points: int = 41) -> tuple[Path, dict, Path]:
+def make_study(
+    root: Path, *, seeds: int = 3, optional: bool = True, steps: int = 400, n_points: int = 41
+) -> tuple[Path, dict, Path]:
     """Write a realistic synthetic study: runs.parquet (+ probe, densities, predictions, scores and a GAN
     grid when ``optional``). Returns (results_dir, curves, gan_grid_png)."""
     rng = np.random.default_rng(0)
@@ -45,52 +60,102 @@ def make_study(root: Path, *, seeds: int = 3, optional: bool = True, steps: int 
             st = grid_steps[: len(loss)]
             # progressive sharpening up to the threshold, then hovering at it (Edge of Stability)
             sharp = np.minimum(thr * (0.15 + 1.2 * st / steps), thr * (1 + 0.05 * rng.standard_normal(len(st))))
-            c = {"train/loss": list(zip(st.tolist(), loss.tolist())), "test/acc": list(zip(st.tolist(), acc.tolist())),
-                 "hessian/threshold": [(int(s), thr) for s in st[::4]]}
+            c = {
+                "train/loss": list(zip(st.tolist(), loss.tolist())),
+                "test/acc": list(zip(st.tolist(), acc.tolist())),
+                "hessian/threshold": [(int(s), thr) for s in st[::4]],
+            }
             c["hessian/precond_lambda_max" if opt == "adam" else "hessian/lambda_max"] = list(
-                zip(st[::4].tolist(), sharp[::4].tolist()))
+                zip(st[::4].tolist(), sharp[::4].tolist())
+            )
             if opt == "adam":
                 c["hessian/lambda_max"] = list(zip(st[::4].tolist(), (sharp[::4] * 1e-3 * lr * 1e4).tolist()))
             curves[key] = c
             final_acc = None if diverged else float(acc[-1])
-            runs.append({"run_key": key, "optimizer": opt, "lr": lr, "batch_size": bs, "model": "mlp", "seed": seed,
-                         "variant": variant, "status": "diverged" if diverged else "finished", "n_train": 5000,
-                         # the linear-rule group is a variant of group 0 (same seed)
-                         "base_key": f"00{seed:02d}" + "a" * 12 if variant != "base" else "",
-                         "reason": DIVERGED_REASON if diverged else None, "steps": steps,
-                         "steps_done": int(st[-1]) if diverged else steps,
-                         "train/loss": None if diverged else float(loss[-1]),
-                         "train/acc": None if diverged else min(1.0, float(acc[-1]) + 0.08),
-                         "test/loss": None if diverged else float(loss[-1] + 0.3), "test/acc": final_acc,
-                         "val/loss": None, "val/acc": final_acc, "wall_time_s": 12.5 + gi,
-                         "samples_per_s": 5.1e4 / (1 + gi), "mlflow_run_id": f"run{gi}{seed}"})
+            runs.append(
+                {
+                    "run_key": key,
+                    "optimizer": opt,
+                    "lr": lr,
+                    "batch_size": bs,
+                    "model": "mlp",
+                    "seed": seed,
+                    "variant": variant,
+                    "status": "diverged" if diverged else "finished",
+                    "n_train": 5000,
+                    # the linear-rule group is a variant of group 0 (same seed)
+                    "base_key": f"00{seed:02d}" + "a" * 12 if variant != "base" else "",
+                    "reason": DIVERGED_REASON if diverged else None,
+                    "steps": steps,
+                    "steps_done": int(st[-1]) if diverged else steps,
+                    "train/loss": None if diverged else float(loss[-1]),
+                    "train/acc": None if diverged else min(1.0, float(acc[-1]) + 0.08),
+                    "test/loss": None if diverged else float(loss[-1] + 0.3),
+                    "test/acc": final_acc,
+                    "val/loss": None,
+                    "val/acc": final_acc,
+                    "wall_time_s": 12.5 + gi,
+                    "samples_per_s": 5.1e4 / (1 + gi),
+                    "mlflow_run_id": f"run{gi}{seed}",
+                }
+            )
             if diverged:
                 continue
             lam = float(sharp[-1]) if opt != "adam" else float(sharp[-1]) * 0.02
-            probe.append({"run_key": key, "hessian/lambda_max": lam, "hessian/threshold": thr,
-                          "hessian/trace": lam * 9.0, "hessian/trace_stderr": lam * 0.4,
-                          **({"hessian/precond_lambda_max": float(sharp[-1])} if opt == "adam" else {})})
+            probe.append(
+                {
+                    "run_key": key,
+                    "hessian/lambda_max": lam,
+                    "hessian/threshold": thr,
+                    "hessian/trace": lam * 9.0,
+                    "hessian/trace_stderr": lam * 0.4,
+                    **({"hessian/precond_lambda_max": float(sharp[-1])} if opt == "adam" else {}),
+                }
+            )
             g = np.linspace(-0.1 * lam, 1.1 * lam, 300)
             d = np.exp(-0.5 * (g / (0.01 * lam)) ** 2) + 1e-3 * np.exp(-0.5 * ((g - lam) / (0.02 * lam)) ** 2)
             dens[key] = {"grid": g.tolist(), "density": (d / np.trapezoid(d, g)).tolist()}
             err = 1.0 - final_acc
-            preds.append({"run_key": key, "optimizer": opt, "lr": lr, "batch_size": bs, "model": "mlp", "seed": seed,
-                          "true/test_err": err, "pred/gan": float(np.clip(err + 0.015 * rng.standard_normal(), 0, 1)),
-                          "pred/val": float(np.clip(err + 0.006 * rng.standard_normal(), 0, 1)),
-                          "pred/train_err": max(0.0, err - 0.08), "true/train_err": max(0.0, err - 0.08),
-                          "true/gap": err - max(0.0, err - 0.08),
-                          "measure/lambda_max": lam, "measure/trace": lam * 9.0,
-                          "measure/pacbayes_flatness": float(err * 40 + rng.standard_normal())})
+            preds.append(
+                {
+                    "run_key": key,
+                    "optimizer": opt,
+                    "lr": lr,
+                    "batch_size": bs,
+                    "model": "mlp",
+                    "seed": seed,
+                    "true/test_err": err,
+                    "pred/gan": float(np.clip(err + 0.015 * rng.standard_normal(), 0, 1)),
+                    "pred/val": float(np.clip(err + 0.006 * rng.standard_normal(), 0, 1)),
+                    "pred/train_err": max(0.0, err - 0.08),
+                    "true/train_err": max(0.0, err - 0.08),
+                    "true/gap": err - max(0.0, err - 0.08),
+                    "measure/lambda_max": lam,
+                    "measure/trace": lam * 9.0,
+                    "measure/pacbayes_flatness": float(err * 40 + rng.standard_normal()),
+                }
+            )
     write_table(runs, res / "runs.parquet")
     gan = root / "gan_grid.png"
     if optional:
         write_table(probe, res / "probe.parquet")
         (res / "densities.json").write_text(json.dumps(dens))
         write_table(preds, res / "predictions.parquet")
-        write_table([{"predictor": "gan", "kind": "error", "mae": 0.012, "kendall_tau": 0.81, "psi": 0.7, "pgdl": 31.0},
-                     {"predictor": "val", "kind": "error", "mae": 0.005, "kendall_tau": 0.93, "psi": 0.88, "pgdl": 52.0},
-                     {"predictor": "lambda_max", "kind": "measure", "mae": None, "kendall_tau": -0.35, "psi": -0.1,
-                      "pgdl": 12.0}], res / "scores.parquet")
+        write_table(
+            [
+                {"predictor": "gan", "kind": "error", "mae": 0.012, "kendall_tau": 0.81, "psi": 0.7, "pgdl": 31.0},
+                {"predictor": "val", "kind": "error", "mae": 0.005, "kendall_tau": 0.93, "psi": 0.88, "pgdl": 52.0},
+                {
+                    "predictor": "lambda_max",
+                    "kind": "measure",
+                    "mae": None,
+                    "kendall_tau": -0.35,
+                    "psi": -0.1,
+                    "pgdl": 12.0,
+                },
+            ],
+            res / "scores.parquet",
+        )
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(3, 3))
@@ -118,8 +183,9 @@ def test_full_report(tmp_path):
     from sgdlab.report import build_report
 
     res, curves, gan = make_study(tmp_path, n_points=21)  # the demo in the report used 3 seeds, 41 points
-    out = build_report(res, tmp_path / "report", study="synthetic", curves=curves, gan_grid=gan,
-                       notes=["seeded synthetic study"])
+    out = build_report(
+        res, tmp_path / "report", study="synthetic", curves=curves, gan_grid=gan, notes=["seeded synthetic study"]
+    )
     assert out.skipped == ()
     assert [p.stem for p in out.figures] == ALL_FIGS
     for p in out.figures:
@@ -175,13 +241,28 @@ def test_regression_study_bad_gan_file_and_escaping(tmp_path):
     from sgdlab.report import build_report
 
     res = tmp_path / "res"
-    write_table([{"run_key": f"k{i}", "optimizer": "sgd", "lr": 0.1, "batch_size": 8, "model": "linear", "seed": i,
-                  "variant": "base", "status": "failed" if i == 0 else "finished",
-                  "reason": "<b>OOM</b>" if i == 0 else None, "test/loss": None if i == 0 else 0.1 * i}
-                 for i in range(3)], res / "runs.parquet")
+    write_table(
+        [
+            {
+                "run_key": f"k{i}",
+                "optimizer": "sgd",
+                "lr": 0.1,
+                "batch_size": 8,
+                "model": "linear",
+                "seed": i,
+                "variant": "base",
+                "status": "failed" if i == 0 else "finished",
+                "reason": "<b>OOM</b>" if i == 0 else None,
+                "test/loss": None if i == 0 else 0.1 * i,
+            }
+            for i in range(3)
+        ],
+        res / "runs.parquet",
+    )
     (tmp_path / "bad.png").write_text("not a png")
-    out = build_report(res, tmp_path / "o", study="reg", curves={"k1": {"train/loss": [(0, 1.0)]}},
-                       gan_grid=tmp_path / "bad.png")
+    out = build_report(
+        res, tmp_path / "o", study="reg", curves={"k1": {"train/loss": [(0, 1.0)]}}, gan_grid=tmp_path / "bad.png"
+    )
     assert [p.stem for p in out.figures] == ["fig1_training_curves", "fig6_summary"]
     assert "not a PNG" in dict(out.skipped)["fig7_gan_samples"]
     page = out.html.read_text(encoding="utf-8")
@@ -228,31 +309,79 @@ def test_seed_band_statistics():
 def test_edge_of_stability_marks_unconverged_lanczos_points():
     from sgdlab.report import edge_of_stability
 
-    runs = [{"run_key": "k", "optimizer": "sgd", "lr": 0.1, "batch_size": 32, "variant": "base", "seed": 0,
-             "model": "mlp", "status": "finished"}]
-    curves = {"k": {"hessian/lambda_max": [(10, 5.0), (20, 12.0), (30, 19.0)],
-                    "hessian/threshold": [(10, 20.0), (20, 20.0), (30, 20.0)],
-                    "hessian/converged": [(10, 1.0), (20, 0.0), (30, 1.0)]}}
+    runs = [
+        {
+            "run_key": "k",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "batch_size": 32,
+            "variant": "base",
+            "seed": 0,
+            "model": "mlp",
+            "status": "finished",
+        }
+    ]
+    curves = {
+        "k": {
+            "hessian/lambda_max": [(10, 5.0), (20, 12.0), (30, 19.0)],
+            "hessian/threshold": [(10, 20.0), (20, 20.0), (30, 20.0)],
+            "hessian/converged": [(10, 1.0), (20, 0.0), (30, 1.0)],
+        }
+    }
     fig = edge_of_stability(runs, curves)
     marked = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == "Lanczos not converged"]
     assert len(marked) == 1 and list(marked[0].get_xdata()) == [20.0]
     curves["k"]["hessian/converged"] = [(10, 1.0), (20, 1.0), (30, 1.0)]
-    assert not [ln for ax in edge_of_stability(runs, curves).axes for ln in ax.get_lines()
-                if ln.get_label() == "Lanczos not converged"]
+    assert not [
+        ln
+        for ax in edge_of_stability(runs, curves).axes
+        for ln in ax.get_lines()
+        if ln.get_label() == "Lanczos not converged"
+    ]
 
 
 def test_scaling_rule_figure_puts_base_and_variant_on_epochs_and_sde_time():
     from sgdlab.report.figures_training import scaling_rules, sde_time
 
-    runs = [{"run_key": "b", "optimizer": "sgd", "lr": 0.1, "batch_size": 32, "variant": "base", "seed": 0,
-             "n_train": 3200, "hparams": '{"lr": 0.1}'},
-            {"run_key": "v", "optimizer": "sgd", "lr": 0.2, "batch_size": 64, "variant": "linearx2", "seed": 0,
-             "base_key": "b", "n_train": 3200, "hparams": '{"lr": 0.2}'},
-            {"run_key": "s", "optimizer": "svag", "lr": 0.1, "batch_size": 32, "variant": "svagx2", "seed": 0,
-             "base_key": "b", "n_train": 3200, "hparams": '{"lr": 0.1, "l": 2}'}]
-    curves = {"b": {"train/loss": [(0, 2.0), (100, 1.0), (200, 0.5)]},
-              "v": {"train/loss": [(0, 2.0), (50, 1.0), (100, 0.5)]},
-              "s": {"train/loss": [(0, 2.0), (200, 1.0), (400, 0.5)]}}
+    runs = [
+        {
+            "run_key": "b",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "batch_size": 32,
+            "variant": "base",
+            "seed": 0,
+            "n_train": 3200,
+            "hparams": '{"lr": 0.1}',
+        },
+        {
+            "run_key": "v",
+            "optimizer": "sgd",
+            "lr": 0.2,
+            "batch_size": 64,
+            "variant": "linearx2",
+            "seed": 0,
+            "base_key": "b",
+            "n_train": 3200,
+            "hparams": '{"lr": 0.2}',
+        },
+        {
+            "run_key": "s",
+            "optimizer": "svag",
+            "lr": 0.1,
+            "batch_size": 32,
+            "variant": "svagx2",
+            "seed": 0,
+            "base_key": "b",
+            "n_train": 3200,
+            "hparams": '{"lr": 0.1, "l": 2}',
+        },
+    ]
+    curves = {
+        "b": {"train/loss": [(0, 2.0), (100, 1.0), (200, 0.5)]},
+        "v": {"train/loss": [(0, 2.0), (50, 1.0), (100, 0.5)]},
+        "s": {"train/loss": [(0, 2.0), (200, 1.0), (400, 0.5)]},
+    }
     fig = scaling_rules(runs, curves)
     ax_e, ax_t = fig.axes[:2]
     ends_e = sorted(float(ln.get_xdata()[-1]) for ln in ax_e.get_lines())

@@ -24,17 +24,32 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
     params["study"]["name"] = "sched-test"
     params["data"].update({"datasets": ["xor"], "xor": {"n_train": 100, "n_test": 50}, "probe_size": 20})
     params["train"].update({"dataset": "xor", "steps": 10, "eval_every": 5, "checkpoint_every": 5, "log_every": 5})
-    params["sweep"].update({"optimizers": [{"name": "sgd", "lr": 0.1}], "seeds": [0],
-                            "models": [{"name": "mlp", "kwargs": {"widths": [8]}}], "batch_sizes": [16]})
+    params["sweep"].update(
+        {
+            "optimizers": [{"name": "sgd", "lr": 0.1}],
+            "seeds": [0],
+            "models": [{"name": "mlp", "kwargs": {"widths": [8]}}],
+            "batch_sizes": [16],
+        }
+    )
     params["probe"].update({"every": 0, "subset_size": 20})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     server = worker = None
     try:
         server, url = start_server("127.0.0.1", free_port(), scheduler_loop_s=2, log_path=tmp_path / "server.log")
-        worker = start_serve_process(url, "every-few-seconds", None, 5, str(tmp_path / "params.yaml"), [], None,
-                                     env_extra={"MLFLOW_TRACKING_URI": mlflow_store}, log_path=tmp_path / "serve.log",
-                                     phases=["prepare", "sweep"])
+        worker = start_serve_process(
+            url,
+            "every-few-seconds",
+            None,
+            5,
+            str(tmp_path / "params.yaml"),
+            [],
+            None,
+            env_extra={"MLFLOW_TRACKING_URI": mlflow_store},
+            log_path=tmp_path / "serve.log",
+            phases=["prepare", "sweep"],
+        )
         completed = None
         deadline = time.monotonic() + 300  # ~140 s measured on 2 idle cores; more when they are shared
         with temporary_settings(updates={PREFECT_API_URL: url}):
@@ -48,13 +63,16 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
                     failed = [r for r in scheduled if r.state and r.state.is_failed()]
                     assert not failed, (tmp_path / "serve.log").read_text()[-3000:]
                     completed = done[0] if done else None
-                assert completed is not None, "no scheduled run completed in time:\n" + (tmp_path / "serve.log").read_text()[-3000:]
+                assert completed is not None, (
+                    "no scheduled run completed in time:\n" + (tmp_path / "serve.log").read_text()[-3000:]
+                )
                 deployment = client.read_deployment(completed.deployment_id)
         assert deployment.name == "every-few-seconds"
         runs = tracking.find_runs("sched-test")
         pipeline = [r for r in runs if r.info.run_name == "pipeline"]
         assert pipeline and pipeline[0].data.tags["prefect_flow_run_id"] in {str(completed.id)} | {
-            r.data.tags["prefect_flow_run_id"] for r in pipeline}
+            r.data.tags["prefect_flow_run_id"] for r in pipeline
+        }
         assert any(r.data.tags.get("phase") == "sweep" and "run_key" in r.data.tags for r in runs)
     finally:
         stop(worker, server)

@@ -24,8 +24,12 @@ BASE = {
     "study": {"name": "study-test", "device": "cpu"},
     "data": {"datasets": ["xor"], "xor": {"n_train": 200, "n_test": 100}, "probe_size": 32},
     "train": {"dataset": "xor", "steps": 20, "log_every": 10, "eval_every": 0, "checkpoint_every": 10},
-    "sweep": {"optimizers": [{"name": "sgd", "lr": 0.1}], "seeds": [0], "batch_sizes": [32],
-              "models": [{"name": "mlp", "kwargs": {"widths": [8]}}]},
+    "sweep": {
+        "optimizers": [{"name": "sgd", "lr": 0.1}],
+        "seeds": [0],
+        "batch_sizes": [32],
+        "models": [{"name": "mlp", "kwargs": {"widths": [8]}}],
+    },
     "probe": {"subset_size": 32, "every": 0, "trace_probes": 2, "density_probes": 0},
 }
 
@@ -48,9 +52,16 @@ def _keys(cfg):
     return [s.key for s in expand(cfg, study.data_spec(prepare=True), study.n_train(study.data_spec()))]
 
 
-@pytest.mark.parametrize("change", [{"data": {"val_fraction": 0.3}}, {"data": {"split_seed": 1}},
-                                    {"data": {"probe_size": 16}}, {"data": {"xor": {"n_train": 300, "n_test": 100}}},
-                                    {"probe": {"every": 10}}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"data": {"val_fraction": 0.3}},
+        {"data": {"split_seed": 1}},
+        {"data": {"probe_size": 16}},
+        {"data": {"xor": {"n_train": 300, "n_test": 100}}},
+        {"probe": {"every": 10}},
+    ],
+)
 def test_every_data_setting_is_in_the_run_key(home, change):
     assert _keys(_cfg(**change)) != _keys(_cfg())
     assert _keys(_cfg()) == _keys(_cfg())  # and nothing else moves it
@@ -128,19 +139,22 @@ def test_absolute_paths_in_an_old_table_are_refused(home):
         study.resolve("/elsewhere/k/checkpoint.pt")
 
 
-@pytest.mark.parametrize("over, match", [
-    ({"sweep": {"optimizers": [{"name": "adamm", "lr": 0.1}]}}, r"unknown optimizer 'adamm'.*Did you mean: adam"),
-    ({"sweep": {"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"betas": [0.9, 0.99]}}]}}, r"\(sgd\).*betas"),
-    ({"sweep": {"optimizers": [{"name": "sgd", "lr": float("inf")}]}}, r"lr.*finite number > 0"),
-    ({"sweep": {"models": [{"name": "mlp", "kwargs": {"depth": 3}}]}}, r"sweep\.models\[0\]\.kwargs\.depth"),
-    ({"sweep": {"batch_sizes": [500]}}, r"sweep\.batch_sizes: 500 is larger than the 180 training examples"),
-    ({"gan": {"profile": "huge"}}, r"params\.yaml: gan: .*huge"),
-    ({"gan": {"overrides": {"stepz": 3}}}, r"params\.yaml: gan: .*stepz"),
-    ({"train": {"schedule": {"kind": "warmup_cosine", "warmup_steps": 0}}}, r"train\.schedule.*warmup_steps"),
-    ({"train": {"schedule": {"kind": "step", "gamma": 2}}}, r"train\.schedule.*gamma=2.*\(0, 1\]"),
-    ({"train": {"schedule": {"kind": "linear"}}}, r"train\.schedule.*kind='linear'"),
-    ({"train": {"physical_batch_size": 5}}, r"physical_batch_size=5 must divide batch_size=32"),
-])
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"sweep": {"optimizers": [{"name": "adamm", "lr": 0.1}]}}, r"unknown optimizer 'adamm'.*Did you mean: adam"),
+        ({"sweep": {"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"betas": [0.9, 0.99]}}]}}, r"\(sgd\).*betas"),
+        ({"sweep": {"optimizers": [{"name": "sgd", "lr": float("inf")}]}}, r"lr.*finite number > 0"),
+        ({"sweep": {"models": [{"name": "mlp", "kwargs": {"depth": 3}}]}}, r"sweep\.models\[0\]\.kwargs\.depth"),
+        ({"sweep": {"batch_sizes": [500]}}, r"sweep\.batch_sizes: 500 is larger than the 180 training examples"),
+        ({"gan": {"profile": "huge"}}, r"params\.yaml: gan: .*huge"),
+        ({"gan": {"overrides": {"stepz": 3}}}, r"params\.yaml: gan: .*stepz"),
+        ({"train": {"schedule": {"kind": "warmup_cosine", "warmup_steps": 0}}}, r"train\.schedule.*warmup_steps"),
+        ({"train": {"schedule": {"kind": "step", "gamma": 2}}}, r"train\.schedule.*gamma=2.*\(0, 1\]"),
+        ({"train": {"schedule": {"kind": "linear"}}}, r"train\.schedule.*kind='linear'"),
+        ({"train": {"physical_batch_size": 5}}, r"physical_batch_size=5 must divide batch_size=32"),
+    ],
+)
 def test_bad_input_is_refused_at_load(home, over, match):
     with pytest.raises(ValueError, match=match):
         validate_config(_cfg(**over))
@@ -151,18 +165,29 @@ def test_sgdlab_config_refuses_before_compute_and_leaves_nothing(home):
     (home / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copy(REPO / "dvc.yaml", home / "dvc.yaml")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "sgdlab.cli", "config", "--set", "sweep.optimizers=[{name: adamm, lr: 0.1}]"],
-                       cwd=home, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "sgdlab.cli", "config", "--set", "sweep.optimizers=[{name: adamm, lr: 0.1}]"],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.perf_counter() - t0
     assert r.returncode == 2 and "unknown optimizer 'adamm'" in r.stderr, r.stderr
     assert not (home / "mlflow").exists() and not (home / "data" / "processed").exists()
     print(f"sgdlab config refused a bad optimizer in {elapsed:.1f} s (process start and imports included)")
 
 
-@pytest.mark.parametrize("schedule", [{"kind": "constant"}, {"kind": "step", "step_size": 2, "gamma": 0.5},
-                                      {"kind": "cosine", "min_lr_ratio": 0.1},
-                                      {"kind": "warmup_cosine", "warmup_steps": 2},
-                                      {"kind": "warmup_constant", "warmup_steps": 3}])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"kind": "constant"},
+        {"kind": "step", "step_size": 2, "gamma": 0.5},
+        {"kind": "cosine", "min_lr_ratio": 0.1},
+        {"kind": "warmup_cosine", "warmup_steps": 2},
+        {"kind": "warmup_constant", "warmup_steps": 3},
+    ],
+)
 def test_every_schedule_the_config_accepts_trains(schedule):
     import torch
 
@@ -187,8 +212,9 @@ def test_every_shipped_profile_loads_and_expands(profile):
     from sgdlab.data import DataSpec
 
     d = cfg.data
-    assert expand(cfg, DataSpec(cfg.train.dataset, "0" * 64, d.val_fraction, d.split_seed, d.probe_size),
-                  study.expected_n_train())
+    assert expand(
+        cfg, DataSpec(cfg.train.dataset, "0" * 64, d.val_fraction, d.split_seed, d.probe_size), study.expected_n_train()
+    )
 
 
 def test_a_phase_cannot_read_a_section_it_does_not_declare(home):

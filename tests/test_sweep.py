@@ -14,13 +14,20 @@ from sgdlab.sweep import SweepError, expand
 def _data(h="h"):
     return DataSpec("xor", h * 64, 0.1, 0, 50)
 
+
 BASE = {
     "study": {"name": "sweep-test"},
     "data": {"datasets": ["xor"], "xor": {"n_train": 200, "n_test": 200}, "probe_size": 50},
     "train": {"dataset": "xor", "steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 20},
     "sweep": {
-        "optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "momentum", "lr": [0.05, 500.0]}, {"name": "adam", "lr": 0.003}],
-        "seeds": [0, 1], "batch_sizes": [32], "models": [{"name": "mlp", "kwargs": {"widths": [16]}}],
+        "optimizers": [
+            {"name": "sgd", "lr": 0.1},
+            {"name": "momentum", "lr": [0.05, 500.0]},
+            {"name": "adam", "lr": 0.003},
+        ],
+        "seeds": [0, 1],
+        "batch_sizes": [32],
+        "models": [{"name": "mlp", "kwargs": {"widths": [16]}}],
     },
 }
 
@@ -50,24 +57,39 @@ def test_expand_grid_keys_and_variants():
     assert expand(cfg, _data("g"), 180)[0].key != keys[0]  # the data hash is part of the key
 
 
-@pytest.mark.parametrize("sweep, match", [
-    ({"optimizers": [{"name": "adamm", "lr": 0.1}]}, r"sweep\.optimizers\[0\].*unknown optimizer 'adamm'.*Did you mean: adam"),
-    ({"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"betas": [0.9, 0.99]}}]}, r"sweep\.optimizers\[0\] \(sgd\).*betas"),
-    ({"models": [{"name": "transformer"}]}, r"sweep\.models\[0\]\.name = 'transformer': unknown model"),
-    ({"models": [{"name": "mlp", "kwargs": {"depth": 3}}]}, r"sweep\.models\[0\]\.kwargs\.depth"),
-    ({"batch_sizes": [500]}, r"sweep\.batch_sizes: 500 is larger than the 180 training examples"),
-    ({"optimizers": [{"name": "adam", "lr": 0.001}], "variants": [{"rule": "sqrt", "factor": 20}]}, r"sweep\.variants \(sqrt x20\).*kappa"),
-])
+@pytest.mark.parametrize(
+    "sweep, match",
+    [
+        (
+            {"optimizers": [{"name": "adamm", "lr": 0.1}]},
+            r"sweep\.optimizers\[0\].*unknown optimizer 'adamm'.*Did you mean: adam",
+        ),
+        (
+            {"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"betas": [0.9, 0.99]}}]},
+            r"sweep\.optimizers\[0\] \(sgd\).*betas",
+        ),
+        ({"models": [{"name": "transformer"}]}, r"sweep\.models\[0\]\.name = 'transformer': unknown model"),
+        ({"models": [{"name": "mlp", "kwargs": {"depth": 3}}]}, r"sweep\.models\[0\]\.kwargs\.depth"),
+        ({"batch_sizes": [500]}, r"sweep\.batch_sizes: 500 is larger than the 180 training examples"),
+        (
+            {"optimizers": [{"name": "adam", "lr": 0.001}], "variants": [{"rule": "sqrt", "factor": 20}]},
+            r"sweep\.variants \(sqrt x20\).*kappa",
+        ),
+    ],
+)
 def test_bad_sweeps_fail_before_training(sweep, match):
     with pytest.raises(SweepError, match=match):
         expand(_cfg(sweep=sweep), _data(), n_train=180)
 
 
-@pytest.mark.parametrize("sweep, match", [
-    ({"optimizers": [{"name": "sgd", "lr": -0.1}]}, r"sweep\.optimizers\.0\.lr.*finite number > 0"),
-    ({"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"lr": 0.2}}]}, r"put the learning rate in `lr`"),
-    ({"seeds": []}, r"sweep\.seeds.*at least one"),
-])
+@pytest.mark.parametrize(
+    "sweep, match",
+    [
+        ({"optimizers": [{"name": "sgd", "lr": -0.1}]}, r"sweep\.optimizers\.0\.lr.*finite number > 0"),
+        ({"optimizers": [{"name": "sgd", "lr": 0.1, "hparams": {"lr": 0.2}}]}, r"put the learning rate in `lr`"),
+        ({"seeds": []}, r"sweep\.seeds.*at least one"),
+    ],
+)
 def test_bad_sweep_config(sweep, match):
     from sgdlab.config import ConfigError
 
@@ -131,6 +153,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mlflow_store, monk
         def hook(step, model, opt, lr):
             if step == 30:
                 raise Interrupt("simulated kill at step 30")
+
         return hook
 
     run_dir = study.run_dir(spec.key)
@@ -149,8 +172,11 @@ def test_sweep_on_a_dask_local_cluster(prefect_harness, mlflow_store, tmp_path, 
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
     from flows.phases import run_phase
 
-    cfg = _cfg(tmp_path, orchestration={"task_runner": "dask", "max_workers": 2},
-               sweep={"optimizers": [{"name": "sgd", "lr": 0.1}], "seeds": [0, 1]})
+    cfg = _cfg(
+        tmp_path,
+        orchestration={"task_runner": "dask", "max_workers": 2},
+        sweep={"optimizers": [{"name": "sgd", "lr": 0.1}], "seeds": [0, 1]},
+    )
     out = run_phase(cfg, "sweep")
     assert [r["status"] for r in out["rows"]] == ["finished", "finished"]
     assert len(_children()) == 2
@@ -160,10 +186,14 @@ def test_variants_keep_the_schedule_in_epochs_or_sde_time():
     """A step decay at 50% of the base run happens at 50% of every variant: /kappa for linear and
     square-root (same epochs), x l for SVAG-SGD and x l^2 for SVAG-Adam (same SDE time)."""
     sched = {"kind": "step", "step_size": 20, "gamma": 0.5, "warmup_steps": 0}
-    cfg = _cfg(train={"steps": 40, "schedule": sched},
-               sweep={"optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "rmsprop_bc", "lr": 0.001}],
-                      "seeds": [0], "variants": [{"rule": "linear", "factor": 2}, {"rule": "svag", "factor": 2},
-                                                 {"rule": "sqrt", "factor": 2}]})
+    cfg = _cfg(
+        train={"steps": 40, "schedule": sched},
+        sweep={
+            "optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "rmsprop_bc", "lr": 0.001}],
+            "seeds": [0],
+            "variants": [{"rule": "linear", "factor": 2}, {"rule": "svag", "factor": 2}, {"rule": "sqrt", "factor": 2}],
+        },
+    )
     specs = {(s.optimizer, s.variant): s for s in expand(cfg, _data(), 180)}
     for s in specs.values():
         assert s.loop["schedule"]["step_size"] / s.steps == pytest.approx(0.5), (s.optimizer, s.variant)

@@ -41,8 +41,7 @@ def test_learns_separable_problem_and_hook_steps():
     def hook(step, m, opt, lr):
         seen.append((step, lr))
 
-    cfg = LoopConfig(steps=150, batch_size=32, log_every=50,
-                     schedule=Schedule("warmup_constant", warmup_steps=10))
+    cfg = LoopConfig(steps=150, batch_size=32, log_every=50, schedule=Schedule("warmup_constant", warmup_steps=10))
     res = train(model, "momentum", {"lr": 0.05}, data, cfg, on_step=hook)
     assert res.status == "finished" and res.reason is None and res.steps_done == 150
     assert res.metrics["train/acc"] > 0.95
@@ -58,9 +57,15 @@ def test_metrics_reach_sink_with_names_and_steps():
     data, model = separable(), mlp()
     got = []
     cfg = LoopConfig(steps=20, batch_size=16, log_every=5, eval_every=10)
-    res = train(model, "sgd", {"lr": 0.1}, data, cfg,
-                metric_sink=lambda m, s: got.append((s, dict(m))),
-                on_step=lambda s, *_: {"probe/x": float(s)} if s % 4 == 0 else None)
+    res = train(
+        model,
+        "sgd",
+        {"lr": 0.1},
+        data,
+        cfg,
+        metric_sink=lambda m, s: got.append((s, dict(m))),
+        on_step=lambda s, *_: {"probe/x": float(s)} if s % 4 == 0 else None,
+    )
     by_name = {}
     for step, m in got:
         for k, v in m.items():
@@ -81,10 +86,22 @@ def test_train_loss_metric_is_mean_of_step_losses():
     # log_every=1 gives each step's loss; log_every=4 must report their mean
     data = separable()
     a, b = [], []
-    train(mlp(), "sgd", {"lr": 0.1}, data, LoopConfig(steps=8, batch_size=16, log_every=1,
-          final_eval=False), metric_sink=lambda m, s: a.append(m["train/loss"]))
-    train(mlp(), "sgd", {"lr": 0.1}, data, LoopConfig(steps=8, batch_size=16, log_every=4,
-          final_eval=False), metric_sink=lambda m, s: b.append(m["train/loss"]))
+    train(
+        mlp(),
+        "sgd",
+        {"lr": 0.1},
+        data,
+        LoopConfig(steps=8, batch_size=16, log_every=1, final_eval=False),
+        metric_sink=lambda m, s: a.append(m["train/loss"]),
+    )
+    train(
+        mlp(),
+        "sgd",
+        {"lr": 0.1},
+        data,
+        LoopConfig(steps=8, batch_size=16, log_every=4, final_eval=False),
+        metric_sink=lambda m, s: b.append(m["train/loss"]),
+    )
     assert b == pytest.approx([sum(a[:4]) / 4, sum(a[4:]) / 4], rel=1e-6)
 
 
@@ -120,8 +137,14 @@ def test_global_rng_left_untouched():
 def test_divergence_stops_with_reason_naming_step():
     data = separable()
     got = []
-    res = train(mlp(), "sgd", {"lr": 1e4}, data, LoopConfig(steps=200, batch_size=32, log_every=5),
-                metric_sink=lambda m, s: got.append(s))
+    res = train(
+        mlp(),
+        "sgd",
+        {"lr": 1e4},
+        data,
+        LoopConfig(steps=200, batch_size=32, log_every=5),
+        metric_sink=lambda m, s: got.append(s),
+    )
     assert res.status == "diverged"
     assert res.steps_done < 200 and res.steps_done % 5 == 0
     assert "step" in res.reason and "train loss" in res.reason
@@ -131,8 +154,7 @@ def test_divergence_stops_with_reason_naming_step():
 
 def test_blowup_factor_triggers_before_nan():
     data = separable()
-    res = train(mlp(), "sgd", {"lr": 30.0}, data,
-                LoopConfig(steps=100, batch_size=32, log_every=1, blowup_factor=5.0))
+    res = train(mlp(), "sgd", {"lr": 30.0}, data, LoopConfig(steps=100, batch_size=32, log_every=1, blowup_factor=5.0))
     assert res.status == "diverged"
     assert "exceeds blowup_factor 5" in res.reason
 
@@ -145,8 +167,9 @@ def test_regression_task_with_diag_linear():
     y = x @ w
     data = DataTensors(x[:150], y[:150], x[150:], y[150:])
     model = build_model("diag_linear", (20,), 1, alpha=0.1)
-    res = train(model, "sgd", {"lr": 0.05}, data,
-                LoopConfig(steps=400, batch_size=50, task="regression", log_every=100))
+    res = train(
+        model, "sgd", {"lr": 0.05}, data, LoopConfig(steps=400, batch_size=50, task="regression", log_every=100)
+    )
     assert res.status == "finished"
     assert set(res.metrics) == {"train/loss", "test/loss"}
     assert res.metrics["test/loss"] < 1e-3
@@ -183,21 +206,40 @@ BASE = {"steps": 5, "batch_size": 16}
 def _bad_runs():
     data = separable()
     reg_y = DataTensors(data.x_train, data.y_train.float(), data.x_test, data.y_test.float())
-    img = DataTensors(torch.randn(40, 1, 8, 8), torch.randint(0, 2, (40,)),
-                      torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,)))
+    img = DataTensors(
+        torch.randn(40, 1, 8, 8), torch.randint(0, 2, (40,)), torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,))
+    )
     return [
         ("unknown optimizer", "sgdd", {"lr": 0.1}, data, BASE, r"unknown optimizer 'sgdd'"),
         ("foreign hparam", "sgd", {"lr": 0.1, "betas": (0.9, 0.9)}, data, BASE, r"betas"),
         ("lr zero", "sgd", {"lr": 0.0}, data, BASE, r"'lr'.*0\.0"),
         ("lr negative", "adam", {"lr": -1.0}, data, BASE, r"'lr'.*-1\.0"),
-        ("batch > n", "sgd", {"lr": 0.1}, data, {"steps": 5, "batch_size": 1000},
-         r"batch_size=1000 exceeds the number of training samples \(384\)"),
-        ("shape", "sgd", {"lr": 0.1}, img, BASE, r"model MLP cannot take dataset samples of shape "
-         r"\(1, 8, 8\)"),
-        ("float labels", "sgd", {"lr": 0.1}, reg_y, BASE,
-         r"task='classification' needs integer class labels.*float32"),
-        ("ckpt no path", "sgd", {"lr": 0.1}, data, {**BASE, "checkpoint_every": 2},
-         r"checkpoint_every=2 needs checkpoint_path"),
+        (
+            "batch > n",
+            "sgd",
+            {"lr": 0.1},
+            data,
+            {"steps": 5, "batch_size": 1000},
+            r"batch_size=1000 exceeds the number of training samples \(384\)",
+        ),
+        (
+            "shape",
+            "sgd",
+            {"lr": 0.1},
+            img,
+            BASE,
+            r"model MLP cannot take dataset samples of shape "
+            r"\(1, 8, 8\)",
+        ),
+        ("float labels", "sgd", {"lr": 0.1}, reg_y, BASE, r"task='classification' needs integer class labels.*float32"),
+        (
+            "ckpt no path",
+            "sgd",
+            {"lr": 0.1},
+            data,
+            {**BASE, "checkpoint_every": 2},
+            r"checkpoint_every=2 needs checkpoint_path",
+        ),
     ]
 
 
@@ -222,8 +264,9 @@ def test_too_few_logits_for_labels():
 
 
 def test_probe_does_not_touch_batchnorm_buffers():
-    data = DataTensors(torch.randn(40, 3, 8, 8), torch.randint(0, 2, (40,)),
-                       torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,)))
+    data = DataTensors(
+        torch.randn(40, 3, 8, 8), torch.randint(0, 2, (40,)), torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,))
+    )
     model = build_model("resnet", (3, 8, 8), 2, depth=8, width=0.25)
     before = params(model)
     with pytest.raises(ValueError, match="checkpoint_path"):
@@ -252,8 +295,9 @@ def test_amp_and_compile_ignored_on_cpu_with_warning():
     if torch.cuda.is_available():
         pytest.skip("CPU-only behaviour")
     with pytest.warns(UserWarning, match="amp_bf16=True is ignored on cpu"):
-        res = train(mlp(), "sgd", {"lr": 0.1}, separable(),
-                    LoopConfig(steps=2, batch_size=16, amp_bf16=True, device="cpu"))
+        res = train(
+            mlp(), "sgd", {"lr": 0.1}, separable(), LoopConfig(steps=2, batch_size=16, amp_bf16=True, device="cpu")
+        )
     assert res.status == "finished"
 
 
@@ -266,15 +310,27 @@ def test_schedule_free_returns_eval_weights(tmp_path):
 
     data, model = separable(), mlp()
     path = tmp_path / "sf.pt"
-    res = train(model, "schedule_free_sgd", {"lr": 0.5}, data,
-                LoopConfig(steps=30, batch_size=32, eval_every=10), checkpoint_path=path)
+    res = train(
+        model,
+        "schedule_free_sgd",
+        {"lr": 0.5},
+        data,
+        LoopConfig(steps=30, batch_size=32, eval_every=10),
+        checkpoint_path=path,
+    )
     m = evaluate(model, data.x_test, data.y_test, "classification")
     assert m["loss"] == res.metrics["test/loss"]  # returned model = the evaluated (x) weights
     ck = load_checkpoint(path)
     assert ck["optimizer_mode"] == "eval"
     assert all(torch.equal(a, b) for a, b in zip(ck["model"].values(), model.state_dict().values()))
-    more = train(mlp(seed=5), "schedule_free_sgd", {"lr": 0.5}, data,
-                 LoopConfig(steps=40, batch_size=32, eval_every=10), checkpoint_path=path)
+    more = train(
+        mlp(seed=5),
+        "schedule_free_sgd",
+        {"lr": 0.5},
+        data,
+        LoopConfig(steps=40, batch_size=32, eval_every=10),
+        checkpoint_path=path,
+    )
     assert more.resumed_from == 30 and more.status == "finished"
 
 
@@ -282,10 +338,15 @@ def test_progress_callable_and_quiet_in_ci(monkeypatch):
     from sgdlab.train.progress import make_progress
 
     calls = []
-    train(mlp(), "sgd", {"lr": 0.1}, separable(), LoopConfig(steps=6, batch_size=16, log_every=3),
-          progress=lambda s, total, m: calls.append((s, total, sorted(m))))
-    assert calls == [(3, 6, ["lr", "train/acc", "train/loss"]), (6, 6, ["lr", "train/acc",
-                                                                        "train/loss"])]
+    train(
+        mlp(),
+        "sgd",
+        {"lr": 0.1},
+        separable(),
+        LoopConfig(steps=6, batch_size=16, log_every=3),
+        progress=lambda s, total, m: calls.append((s, total, sorted(m))),
+    )
+    assert calls == [(3, 6, ["lr", "train/acc", "train/loss"]), (6, 6, ["lr", "train/acc", "train/loss"])]
     monkeypatch.setenv("CI", "true")
     assert make_progress(True, 10) is None
     with pytest.raises(TypeError, match="progress=3"):
@@ -296,8 +357,13 @@ def test_progress_callable_and_quiet_in_ci(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_compile_smoke():
     data, model = separable(), mlp()
-    res = train(model, "adam", {"lr": 1e-2}, data,
-                LoopConfig(steps=50, batch_size=32, amp_bf16=True, compile=True, device="cuda"))
+    res = train(
+        model,
+        "adam",
+        {"lr": 1e-2},
+        data,
+        LoopConfig(steps=50, batch_size=32, amp_bf16=True, compile=True, device="cuda"),
+    )
     assert res.status == "finished" and res.metrics["train/acc"] > 0.8
     assert next(model.parameters()).is_cuda
 
@@ -313,8 +379,13 @@ def test_every_registered_optimizer_runs_through_the_loop():
     data = separable(n=128)
     for spec in list_specs():
         model = mlp()
-        res = train(model, spec.name, REQUIRED_HPARAMS.get(spec.name, {}), data,
-                    LoopConfig(steps=3, batch_size=16, physical_batch_size=8, log_every=1))
+        res = train(
+            model,
+            spec.name,
+            REQUIRED_HPARAMS.get(spec.name, {}),
+            data,
+            LoopConfig(steps=3, batch_size=16, physical_batch_size=8, log_every=1),
+        )
         assert res.status == "finished", (spec.name, res.reason)
         assert math.isfinite(res.metrics["train/loss"]), spec.name
         assert all(p.grad is None for p in model.parameters()), spec.name

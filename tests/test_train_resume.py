@@ -58,12 +58,25 @@ def test_resume_is_bit_exact(tmp_path, opt, hp):
     d = data(task)
     N = 6
     # log_every does not divide N: the checkpoint carries a half-filled metrics window
-    cfg = LoopConfig(steps=2 * N, batch_size=16, log_every=4, checkpoint_every=N, task=task,
-                     schedule=Schedule("cosine", min_lr_ratio=0.1))
+    cfg = LoopConfig(
+        steps=2 * N,
+        batch_size=16,
+        log_every=4,
+        checkpoint_every=N,
+        task=task,
+        schedule=Schedule("cosine", min_lr_ratio=0.1),
+    )
     straight = model(out=out)
     logs_a = []
-    res_a = train(straight, opt, hp, d, cfg, checkpoint_path=tmp_path / "straight.pt",
-                  metric_sink=lambda m, s: logs_a.append((s, m)))
+    res_a = train(
+        straight,
+        opt,
+        hp,
+        d,
+        cfg,
+        checkpoint_path=tmp_path / "straight.pt",
+        metric_sink=lambda m, s: logs_a.append((s, m)),
+    )
 
     path = tmp_path / "ckpt.pt"
     run_preempted_model = build_model("mlp", (6,), out, widths=(16,), seed=0)
@@ -78,8 +91,7 @@ def test_resume_is_bit_exact(tmp_path, opt, hp):
 
     fresh = build_model("mlp", (6,), out, widths=(16,), seed=123)  # new objects, other init
     logs_b = []
-    res_b = train(fresh, opt, hp, d, cfg, checkpoint_path=path,
-                  metric_sink=lambda m, s: logs_b.append((s, m)))
+    res_b = train(fresh, opt, hp, d, cfg, checkpoint_path=path, metric_sink=lambda m, s: logs_b.append((s, m)))
     assert res_b.resumed_from == N and res_b.steps_done == 2 * N
     for (na, a), (nb, b) in zip(straight.state_dict().items(), fresh.state_dict().items()):
         assert na == nb and torch.equal(a, b), na
@@ -126,23 +138,19 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
         train(m, "sgd", {"lr": 0.2}, d, LoopConfig(steps=4, batch_size=8), checkpoint_path=path)
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
     # resume=False starts afresh and overwrites
-    res = train(m, "sgd", {"lr": 0.2}, d, LoopConfig(steps=3, batch_size=8),
-                checkpoint_path=path, resume=False)
+    res = train(m, "sgd", {"lr": 0.2}, d, LoopConfig(steps=3, batch_size=8), checkpoint_path=path, resume=False)
     assert res.resumed_from == 0 and load_checkpoint(path)["step"] == 3
 
 
 def test_checkpoint_beyond_steps(tmp_path):
     path = tmp_path / "c.pt"
-    train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=4, batch_size=16),
-          checkpoint_path=path)
+    train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=4, batch_size=16), checkpoint_path=path)
     with pytest.raises(ValueError, match="at step 4, beyond LoopConfig steps=3"):
-        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=3, batch_size=16),
-              checkpoint_path=path)
+        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=3, batch_size=16), checkpoint_path=path)
 
 
 def test_not_a_checkpoint(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"hello": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not an sgdlab training checkpoint"):
-        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=2, batch_size=16),
-              checkpoint_path=path)
+        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=2, batch_size=16), checkpoint_path=path)

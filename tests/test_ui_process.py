@@ -61,8 +61,7 @@ class Recorder:
 
     def alive(self) -> list[int]:
         table = process_table()
-        return [p for p, st in self.start.items()
-                if p in table and table[p][4] == st and table[p][0] not in ("Z", "X")]
+        return [p for p, st in self.start.items() if p in table and table[p][4] == st and table[p][0] not in ("Z", "X")]
 
     def kill_leftovers(self) -> None:
         for p in self.alive():
@@ -94,24 +93,26 @@ def _stop_and_check(proc: subprocess.Popen, rec: Recorder, sig: int, log: Path) 
 @needs_proc
 @pytest.mark.skipif(not SGDLAB.exists(), reason="the sgdlab console script is not installed")
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
-                         ids=["SIGTERM", "SIGINT"])  # ~30 s each: one in the default suite
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)], ids=["SIGTERM", "SIGINT"]
+)  # ~30 s each: one in the default suite
 def test_sgdlab_ui_stops_every_process_it_started(sig, tmp_path, mlflow_store):
     port = _free_port()
-    env = {**os.environ, "SGDLAB_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": mlflow_store,
-           "MLFLOW_WORKERS": "1"}
+    env = {**os.environ, "SGDLAB_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": mlflow_store, "MLFLOW_WORKERS": "1"}
     log = tmp_path / "ui.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(SGDLAB), "ui", "--port", str(port)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [str(SGDLAB), "ui", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
     rec = Recorder(proc.pid)
     try:
         deadline = time.monotonic() + 150  # a limit for a loaded machine; ~25 s usually
         up = False
         while not (up and any("huey_consumer" in c for c in rec.cmd.values())):
             assert proc.poll() is None, f"sgdlab ui exited early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, (f"UI up={up}, processes={sorted(rec.cmd.values())}\n"
-                                                 f"{log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, (
+                f"UI up={up}, processes={sorted(rec.cmd.values())}\n{log.read_text()[-3000:]}"
+            )
             rec.scan()
             if not up:
                 try:
@@ -160,9 +161,11 @@ _FAKE_UI = textwrap.dedent("""
 def test_run_ui_kills_an_orphan_that_ignores_sigterm(tmp_path):
     fake, pidfile, log = tmp_path / "fake_ui.py", tmp_path / "consumer.pid", tmp_path / "run_ui.log"
     fake.write_text(_FAKE_UI)
-    code = ("import sys; from sgdlab import tracking, ui; "
-            f"tracking.ui_command = lambda host, port: [sys.executable, {str(fake)!r}, 'launcher', "
-            f"{str(pidfile)!r}]; sys.exit(ui.run_ui())")
+    code = (
+        "import sys; from sgdlab import tracking, ui; "
+        f"tracking.ui_command = lambda host, port: [sys.executable, {str(fake)!r}, 'launcher', "
+        f"{str(pidfile)!r}]; sys.exit(ui.run_ui())"
+    )
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
     rec = Recorder(proc.pid)
@@ -202,8 +205,12 @@ def test_ensure_experiment_tags_the_kind(mlflow_store):
 
 def test_ui_urls():
     assert tracking.runs_url("7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
-    assert (tracking.runs_url("7", "localhost", 5077)
-            == "http://localhost:5077/#/experiments/7/runs?workflowType=machine_learning")
-    assert (tracking.run_url("7", "abc123", port=5001)
-            == "http://127.0.0.1:5001/#/experiments/7/runs/abc123?workflowType=machine_learning")
+    assert (
+        tracking.runs_url("7", "localhost", 5077)
+        == "http://localhost:5077/#/experiments/7/runs?workflowType=machine_learning"
+    )
+    assert (
+        tracking.run_url("7", "abc123", port=5001)
+        == "http://127.0.0.1:5001/#/experiments/7/runs/abc123?workflowType=machine_learning"
+    )
     assert tracking.runs_url("7", "0.0.0.0").startswith("http://127.0.0.1:5000/#/")

@@ -98,8 +98,18 @@ def _print_summary(out: dict) -> None:
         m, sd = s.get("test/acc mean"), s.get("test/acc std")
         acc = "-" if m is None else f"{100 * m:.2f} ± {100 * (sd or 0):.2f} %"
         frac = s.get("train_fraction")
-        table.add_row(str(s["model"]), str(s["optimizer"]), f"{s['lr']:g}", str(s["batch_size"]), str(s.get("steps")),
-                      "-" if frac is None else f"{frac:g}", str(s["variant"]), str(s["runs"]), str(s["diverged"]), acc)
+        table.add_row(
+            str(s["model"]),
+            str(s["optimizer"]),
+            f"{s['lr']:g}",
+            str(s["batch_size"]),
+            str(s.get("steps")),
+            "-" if frac is None else f"{frac:g}",
+            str(s["variant"]),
+            str(s["runs"]),
+            str(s["diverged"]),
+            acc,
+        )
     Console().print(table)
 
 
@@ -130,8 +140,12 @@ def probe(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt
         table.add_column(col)
     for key, m in out["metrics"].items():
         tr = m.get("hessian/trace")
-        table.add_row(key, f"{m['hessian/lambda_max']:.4g}", f"{m.get('hessian/threshold', float('nan')):.4g}",
-                      "-" if tr is None else f"{tr:.4g} ± {m['hessian/trace_stderr']:.2g}")
+        table.add_row(
+            key,
+            f"{m['hessian/lambda_max']:.4g}",
+            f"{m.get('hessian/threshold', float('nan')):.4g}",
+            "-" if tr is None else f"{tr:.4g} ± {m['hessian/trace_stderr']:.2g}",
+        )
     Console().print(table)
     typer.echo(f"results: {out['runs_table']}")
 
@@ -147,13 +161,17 @@ def gan_train(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = Se
     cfg = _config(params, set_)
     out = _phase(cfg, "gan")
     fd = out.get("frechet_synthetic_vs_val")
-    typer.echo(f"synthetic set: {out['synthetic']}  (generator {out['generator_hash'][:12]}, "
-               f"{'trained' if out['trained'] else 'reused'}"
-               + (f", class-conditional Frechet distance to held-out data {fd:.2f})" if fd is not None else ")"))
+    typer.echo(
+        f"synthetic set: {out['synthetic']}  (generator {out['generator_hash'][:12]}, "
+        f"{'trained' if out['trained'] else 'reused'}"
+        + (f", class-conditional Frechet distance to held-out data {fd:.2f})" if fd is not None else ")")
+    )
     if out.get("frechet_synthetic_vs_test") is not None:
-        typer.echo(f"class-conditional Frechet distance of the synthetic set to test data "
-                   f"{out['frechet_synthetic_vs_test']:.2f}, to training data {out['frechet_synthetic_vs_train']:.2f} "
-                   "(Zhang et al. 2022: closer to test than to train)")
+        typer.echo(
+            f"class-conditional Frechet distance of the synthetic set to test data "
+            f"{out['frechet_synthetic_vs_test']:.2f}, to training data {out['frechet_synthetic_vs_train']:.2f} "
+            "(Zhang et al. 2022: closer to test than to train)"
+        )
     typer.echo(f"sample grid: {out['grid']}")
 
 
@@ -172,8 +190,11 @@ def gan_sample(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = S
     if not meta.is_file() or not generator.is_file():
         _fail(FileNotFoundError(f"{generator}: no trained GAN; run `sgdlab gan train` first"))
     if json.loads(meta.read_text()).get("config") != gan_config(study).to_dict():
-        _fail(ValueError(f"{meta}: the trained GAN has another config than params.yaml's gan section; "
-                         "run `sgdlab gan train`"))
+        _fail(
+            ValueError(
+                f"{meta}: the trained GAN has another config than params.yaml's gan section; run `sgdlab gan train`"
+            )
+        )
     out = _phase(cfg, "gan")
     typer.echo(f"synthetic set: {out['synthetic']}")
 
@@ -227,9 +248,12 @@ def optimizers(name: Optional[str] = typer.Argument(None, help="show one optimiz
 
 
 @app.command()
-def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-        profile: Optional[str] = typer.Option(None, help="a profile of params.yaml (quick, full, ...)"),
-        phase: Optional[list[str]] = typer.Option(None, "--phase", help="run only these phases (repeatable)")) -> None:
+def run(
+    params: Optional[Path] = ParamsOpt,
+    set_: Optional[list[str]] = SetOpt,
+    profile: Optional[str] = typer.Option(None, help="a profile of params.yaml (quick, full, ...)"),
+    phase: Optional[list[str]] = typer.Option(None, "--phase", help="run only these phases (repeatable)"),
+) -> None:
     """Run the study pipeline on the embedded defaults (no server needed): prepare -> sweep (with in-training
     Hessian probes) -> probe checkpoints -> gan -> predict -> report. One Prefect flow run, one MLflow
     parent run. When the run used params.yaml as it is (no --set, --profile or --params), each phase that
@@ -244,6 +268,7 @@ def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
     from flows.pipeline import run_pipeline
     from sgdlab import tracking
     from sgdlab.data import DataFileError, SourceError
+
     typer.echo(f"sgdlab run: study {cfg.study.name!r} (profile {cfg.profile}); phases: {', '.join(phases)}")
     try:
         out = run_pipeline(cfg, phases)
@@ -257,8 +282,10 @@ def run(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
         typer.echo(f"report: {out['phases']['report']['html']}")
     if not set_ and params is None and profile is None:  # the run is what dvc.yaml describes
         _record_in_dvc(phases)
-    typer.echo(f"MLflow: {tracking.tracking_uri()}  ->  start the UI with `.venv/bin/sgdlab ui`, then open "
-               f"{tracking.runs_url(out['experiment_id'])}  (the runs of experiment {cfg.experiment_name!r})")
+    typer.echo(
+        f"MLflow: {tracking.tracking_uri()}  ->  start the UI with `.venv/bin/sgdlab ui`, then open "
+        f"{tracking.runs_url(out['experiment_id'])}  (the runs of experiment {cfg.experiment_name!r})"
+    )
 
 
 def _record_in_dvc(phases: list[str]) -> None:
@@ -271,7 +298,9 @@ def _record_in_dvc(phases: list[str]) -> None:
         return
     res = record_stages(root, phases)
     if res.recorded:
-        typer.echo(f"dvc.lock: recorded {', '.join(res.recorded)} (`dvc repro` re-runs nothing until something changes)")
+        typer.echo(
+            f"dvc.lock: recorded {', '.join(res.recorded)} (`dvc repro` re-runs nothing until something changes)"
+        )
     for name, why in {**res.skipped, **res.failed}.items():
         typer.echo(f"dvc.lock: did not record {name}: {why}")
 
@@ -285,8 +314,10 @@ def report(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOp
 
 
 @app.command("dvc-yaml")
-def dvc_yaml(write: bool = typer.Option(False, "--write", help="regenerate dvc.yaml from the phase registry"),
-             check: bool = typer.Option(False, "--check", help="fail if dvc.yaml differs from the generated one")) -> None:
+def dvc_yaml(
+    write: bool = typer.Option(False, "--write", help="regenerate dvc.yaml from the phase registry"),
+    check: bool = typer.Option(False, "--check", help="fail if dvc.yaml differs from the generated one"),
+) -> None:
     """Print dvc.yaml as generated from the phase registry (deps = each phase's import closure, params = the
     sections it reads, outs = the Study's output table); --check compares, --write rewrites the file."""
     from sgdlab.paths import project_root
@@ -307,8 +338,11 @@ def dvc_yaml(write: bool = typer.Option(False, "--write", help="regenerate dvc.y
 
 
 @app.command()
-def serve(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt,
-          profile: Optional[str] = typer.Option(None, help="params.yaml profile for the scheduled runs")) -> None:
+def serve(
+    params: Optional[Path] = ParamsOpt,
+    set_: Optional[list[str]] = SetOpt,
+    profile: Optional[str] = typer.Option(None, help="params.yaml profile for the scheduled runs"),
+) -> None:
     """Run the study on a schedule: start a Prefect server on 127.0.0.1 (serve.port) and serve the study as a
     deployment with serve.cron (or serve.interval_seconds). Scheduled runs land in the same MLflow experiment.
     Ctrl-C stops both cleanly. The Prefect UI is not started (the API is at http://HOST:PORT/api)."""
@@ -320,8 +354,9 @@ def serve(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetOpt
     try:
         server, url = start_server(sv.host, sv.port)
         typer.echo(f"Prefect server: {url}")
-        worker = start_serve_process(url, sv.name, sv.cron, sv.interval_seconds, str(params) if params else None,
-                                     list(set_ or []), profile)
+        worker = start_serve_process(
+            url, sv.name, sv.cron, sv.interval_seconds, str(params) if params else None, list(set_ or []), profile
+        )
         when = f"cron {sv.cron!r}" if sv.cron else f"every {sv.interval_seconds} s"
         typer.echo(f"serving deployment 'study/{sv.name}' ({when}); Ctrl-C to stop")
         worker.wait()

@@ -187,7 +187,7 @@ class OptimizerEntry(_Frozen):
     @field_validator("lr")
     @classmethod
     def _positive(cls, v):
-        for lr in (v if isinstance(v, tuple) else (v,)):
+        for lr in v if isinstance(v, tuple) else (v,):
             if not (lr > 0 and math.isfinite(lr)):
                 raise ValueError(f"learning rate must be a finite number > 0, got {lr}")
         return v
@@ -363,9 +363,11 @@ class Config(_Frozen):
                 raise ValueError(f"profiles.{name} must be a mapping of section overrides")
             for section, key in PATH_KEYS:
                 if isinstance(over.get(section), dict) and key in over[section]:
-                    raise ValueError(f"profiles.{name}.{section}.{key}: a profile cannot move the study's outputs "
-                                     f"(dvc.yaml declares them from params.yaml's {section}.{key}); set it in the "
-                                     f"base section or with --set {section}.{key}=...")
+                    raise ValueError(
+                        f"profiles.{name}.{section}.{key}: a profile cannot move the study's outputs "
+                        f"(dvc.yaml declares them from params.yaml's {section}.{key}); set it in the "
+                        f"base section or with --set {section}.{key}=..."
+                    )
         return v
 
 
@@ -457,16 +459,19 @@ def apply_profile(raw: dict[str, Any], name: str | None, source: str = "params.y
         return raw
     profiles = raw.get("profiles") or {}
     if name not in profiles:
-        raise ConfigError(f"{source}: profile = {name!r}: no such profile; available: "
-                          f"{', '.join(sorted(profiles)) or '(none defined under profiles:)'}")
+        raise ConfigError(
+            f"{source}: profile = {name!r}: no such profile; available: "
+            f"{', '.join(sorted(profiles)) or '(none defined under profiles:)'}"
+        )
     over = profiles[name] or {}
     if not isinstance(over, dict):
         raise ConfigError(f"{source}: profiles.{name} must be a mapping of section overrides")
     return {**_deep_merge(raw, over), "profile": name}
 
 
-def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                profile: str | None = None) -> Config:
+def load_config(
+    path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = (), profile: str | None = None
+) -> Config:
     """Load ``params.yaml`` (default: the project's), merge the selected profile, then apply ``--set``
     overrides (so an override beats the profile, which beats the base sections)."""
     from sgdlab.paths import default_params_path

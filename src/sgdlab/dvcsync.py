@@ -220,16 +220,11 @@ def _check_names(stages: list[str], declared: dict) -> list[str]:
         base, at, _ = s.partition("@")
         if s in declared:
             continue
-        if at and isinstance(declared.get(base), dict) and (
-            "foreach" in declared[base] or "matrix" in declared[base]
-        ):
+        if at and isinstance(declared.get(base), dict) and ("foreach" in declared[base] or "matrix" in declared[base]):
             continue
         unknown.append(s)
     if unknown:
-        raise ValueError(
-            f"not a stage of {DVC_FILE}: {', '.join(map(repr, unknown))} "
-            f"(stages: {', '.join(declared)})"
-        )
+        raise ValueError(f"not a stage of {DVC_FILE}: {', '.join(map(repr, unknown))} (stages: {', '.join(declared)})")
     return names
 
 
@@ -245,8 +240,9 @@ def _dvc(root: Path, args: list[str], timeout: float) -> tuple[int, str, str, tu
     env.setdefault("DVC_NO_ANALYTICS", "1")
     with _LOCK:
         try:
-            r = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
-                               timeout=timeout, stdin=subprocess.DEVNULL)
+            r = subprocess.run(
+                argv, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired as exc:
             return -1, "", f"dvc timed out after {timeout:g} s: {' '.join(args)}\n{exc.stderr or ''}", argv
         except OSError as exc:
@@ -307,11 +303,15 @@ def record_stages(root: Path, stages: list[str], *, timeout: float = 300) -> Sta
     base = ["--wait-for-lock", "commit", "--force", "--no-relink"]
     rc, _, err, argv = _dvc(root, [*base, *map(_target, todo)], timeout)
     if rc == 0:
-        return StageSync(recorded=tuple(todo), skipped=skipped, command=argv,
-                         seconds=time.perf_counter() - t0)
+        return StageSync(recorded=tuple(todo), skipped=skipped, command=argv, seconds=time.perf_counter() - t0)
     if len(todo) == 1 or not argv:  # one stage, or no dvc at all: nothing to retry
-        return StageSync(skipped=skipped, failed=dict.fromkeys(todo, _reason(err)), stderr=err,
-                         command=argv, seconds=time.perf_counter() - t0)
+        return StageSync(
+            skipped=skipped,
+            failed=dict.fromkeys(todo, _reason(err)),
+            stderr=err,
+            command=argv,
+            seconds=time.perf_counter() - t0,
+        )
     recorded, failed, errs = [], {}, [err]
     for name in todo:
         remaining = timeout - (time.perf_counter() - t0)
@@ -324,9 +324,14 @@ def record_stages(root: Path, stages: list[str], *, timeout: float = 300) -> Sta
         else:
             failed[name] = _reason(err1)
             errs.append(err1)
-    return StageSync(recorded=tuple(recorded), skipped=skipped, failed=failed,
-                     stderr="\n".join(dict.fromkeys(e for e in errs if e)), command=argv,
-                     seconds=time.perf_counter() - t0)
+    return StageSync(
+        recorded=tuple(recorded),
+        skipped=skipped,
+        failed=failed,
+        stderr="\n".join(dict.fromkeys(e for e in errs if e)),
+        command=argv,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def _reason(stderr: str) -> str:
@@ -355,7 +360,7 @@ def status(root: Path, stages: list[str], *, timeout: float = 120) -> dict[str, 
         raise DvcError(f"dvc status failed ({rc}): {_reason(err)}")
     text = out.strip()
     try:
-        changed = json.loads(text[text.find("{"):] if "{" in text else "{}")
+        changed = json.loads(text[text.find("{") :] if "{" in text else "{}")
     except json.JSONDecodeError as exc:
         raise DvcError(f"dvc status --json printed no JSON: {out[:500]!r}") from exc
     keys = {k.split(":", 1)[-1] if k.startswith(f"{DVC_FILE}:") else k for k in changed}

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 ERROR_PREDICTORS = ("gan", "val", "train_err")
-CLASS_NAMES = {"fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                 "Bag", "Boot"]}
+CLASS_NAMES = {
+    "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+}
 MEASURES = ("lambda_max", "trace", "pacbayes_flatness")
 AXES = ("optimizer", "lr", "batch_size", "model", "steps", "train_fraction")
 
@@ -41,10 +42,25 @@ def data_range(splits) -> tuple[float, float]:
     return ((0.0 - norm["mean"]) / norm["std"], (1.0 - norm["mean"]) / norm["std"])
 
 
-def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg, paths: dict[str, Path], *,
-                     n_per_class: int, seed: int, x_ref=None, y_ref=None, range_: tuple[float, float] = (0.0, 1.0),
-                     frechet_steps: int = 400, class_names: list[str] | None = None, diagnostics=None,
-                     metric_sink: Callable | None = None, progress: Callable | None = None) -> dict[str, Any]:
+def train_and_sample(
+    x_train,
+    y_train,
+    num_classes: int,
+    data_hash: str,
+    gan_cfg,
+    paths: dict[str, Path],
+    *,
+    n_per_class: int,
+    seed: int,
+    x_ref=None,
+    y_ref=None,
+    range_: tuple[float, float] = (0.0, 1.0),
+    frechet_steps: int = 400,
+    class_names: list[str] | None = None,
+    diagnostics=None,
+    metric_sink: Callable | None = None,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
     ``paths``: where to write (``generator``, ``synthetic``, ``samples``, ``meta``: the gan phase's outputs
@@ -74,17 +90,28 @@ def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg
         res = load_gan(ckpt, num_classes=num_classes, sample_shape=tuple(x_train.shape[1:]), device=x_train.device)
         trained = False
     else:
-        res = train_gan(x_train, y_train, num_classes, gan_cfg, data_range=range_, progress=progress,
-                        metric_sink=metric_sink)
+        res = train_gan(
+            x_train, y_train, num_classes, gan_cfg, data_range=range_, progress=progress, metric_sink=metric_sink
+        )
         save_gan(res, ckpt)
         trained = True
     g_hash = generator_hash(res.generator)
     x_syn, y_syn = sample_synthetic(res.generator, num_classes, n_per_class, seed, device=x_train.device)
-    common = {"dataset": "synthetic", "task": "classification", "num_classes": num_classes,
-              "source": f"class-conditional GAN {ckpt.name}", "generator_hash": g_hash, "data_hash": data_hash,
-              "n_per_class": n_per_class, "seed": seed, "gan_config": gan_cfg.to_dict()}
+    common = {
+        "dataset": "synthetic",
+        "task": "classification",
+        "num_classes": num_classes,
+        "source": f"class-conditional GAN {ckpt.name}",
+        "generator_hash": g_hash,
+        "data_hash": data_hash,
+        "n_per_class": n_per_class,
+        "seed": seed,
+        "gan_config": gan_cfg.to_dict(),
+    }
     syn_path = Path(paths["synthetic"])
-    write_split(syn_path, x_syn.float().cpu().numpy(), y_syn.cpu().numpy().astype(np.int64), {**common, "split": "synthetic"})
+    write_split(
+        syn_path, x_syn.float().cpu().numpy(), y_syn.cpu().numpy().astype(np.int64), {**common, "split": "synthetic"}
+    )
     names = list(class_names) if class_names and len(class_names) == num_classes else None
     grid = sample_grid_png(res.generator, Path(paths["samples"]), n_per_class=8, seed=seed, class_names=names)
     fd = {}
@@ -92,25 +119,37 @@ def train_and_sample(x_train, y_train, num_classes: int, data_hash: str, gan_cfg
     if frechet_steps and counts.min() < 2:
         fd["frechet_skipped"] = f"held-out set has {int(counts.min())} example(s) of some class; need >= 2 per class"
     elif frechet_steps:
-        net = train_feature_net(x_train, y_train, num_classes, data_range=range_, seed=seed, device=x_train.device,
-                                steps=frechet_steps)
+        net = train_feature_net(
+            x_train, y_train, num_classes, data_range=range_, seed=seed, device=x_train.device, steps=frechet_steps
+        )
         fd["frechet_synthetic_vs_val"] = class_conditional_frechet(net, x_syn, y_syn, x_ref, y_ref, num_classes).mean
         n = min(len(x_train), max(len(x_ref), 2000))
-        fd["frechet_train_vs_val"] = class_conditional_frechet(net, x_train[:n], y_train[:n], x_ref, y_ref, num_classes).mean
+        fd["frechet_train_vs_val"] = class_conditional_frechet(
+            net, x_train[:n], y_train[:n], x_ref, y_ref, num_classes
+        ).mean
         # the paper's diagnostic: synthetic vs test and vs (a same-size sample of) the training data
-        fd["frechet_synthetic_vs_train"] = class_conditional_frechet(net, x_syn, y_syn, x_train[:n], y_train[:n],
-                                                                     num_classes).mean
+        fd["frechet_synthetic_vs_train"] = class_conditional_frechet(
+            net, x_syn, y_syn, x_train[:n], y_train[:n], num_classes
+        ).mean
         for name, (xd, yd) in (diagnostics or {}).items():
             try:
-                fd[f"frechet_synthetic_vs_{name}"] = class_conditional_frechet(net, x_syn, y_syn, xd, yd,
-                                                                               num_classes).mean
+                fd[f"frechet_synthetic_vs_{name}"] = class_conditional_frechet(
+                    net, x_syn, y_syn, xd, yd, num_classes
+                ).mean
             except ValueError as exc:  # e.g. a class with < 2 examples, non-finite data: no number, a reason
                 fd[f"frechet_synthetic_vs_{name}"] = float("nan")
                 fd[f"frechet_synthetic_vs_{name}_skipped"] = str(exc)
     meta = {**want, "generator_hash": g_hash, "wall_time_s": res.wall_time_s, "steps": res.steps, **fd}
     meta_path.write_text(json.dumps(meta, indent=2))
-    return {"checkpoint": str(ckpt), "synthetic": str(syn_path), "grid": str(grid), "generator_hash": g_hash,
-            "trained": trained, "wall_time_s": res.wall_time_s, **fd}
+    return {
+        "checkpoint": str(ckpt),
+        "synthetic": str(syn_path),
+        "grid": str(grid),
+        "generator_hash": g_hash,
+        "trained": trained,
+        "wall_time_s": res.wall_time_s,
+        **fd,
+    }
 
 
 def load_synthetic(path: Path | str, data_hash: str, device="cpu", force: bool = False):
@@ -124,8 +163,10 @@ def load_synthetic(path: Path | str, data_hash: str, device="cpu", force: bool =
     except DataFileError as exc:
         raise SyntheticSetError(f"{exc} (the synthetic set comes from the gan phase: `sgdlab gan sample`)") from None
     if meta.get("data_hash") != data_hash and not force:
-        raise SyntheticSetError(f"{path}: made from training data {str(meta.get('data_hash'))[:12]}..., but the "
-                                f"classifiers were trained on {data_hash[:12]}...; re-run the gan phase or pass force")
+        raise SyntheticSetError(
+            f"{path}: made from training data {str(meta.get('data_hash'))[:12]}..., but the "
+            f"classifiers were trained on {data_hash[:12]}...; re-run the gan phase or pass force"
+        )
     return torch.from_numpy(np.array(x)).to(device), torch.from_numpy(np.array(y)).to(device), meta
 
 
@@ -136,16 +177,26 @@ def _check_compatible(model, x_syn, num_classes: int, label: str) -> None:
         with torch.no_grad():
             out = model(x_syn[:2])
     except RuntimeError as exc:
-        raise SyntheticSetError(f"classifier {label} cannot take synthetic inputs of shape {tuple(x_syn.shape[1:])}: "
-                                f"{str(exc).splitlines()[0]}") from None
+        raise SyntheticSetError(
+            f"classifier {label} cannot take synthetic inputs of shape {tuple(x_syn.shape[1:])}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     if out.shape[-1] != num_classes:
-        raise SyntheticSetError(f"classifier {label} has {out.shape[-1]} outputs, the GAN's synthetic set "
-                                f"{num_classes} classes")
+        raise SyntheticSetError(
+            f"classifier {label} has {out.shape[-1]} outputs, the GAN's synthetic set {num_classes} classes"
+        )
 
 
-def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_syn, y_syn, *,
-                       probe_rows: dict[str, dict] | None = None, flatness: dict | None = None,
-                       hessian: dict | None = None) -> list[dict[str, Any]]:
+def predict_population(
+    specs_and_ckpts: list[tuple[Any, str, dict]],
+    splits,
+    x_syn,
+    y_syn,
+    *,
+    probe_rows: dict[str, dict] | None = None,
+    flatness: dict | None = None,
+    hessian: dict | None = None,
+) -> list[dict[str, Any]]:
     """Every predictor on every classifier: ``(spec, checkpoint, row)`` triples from the sweep.
 
     Rows hold ``true/test_err`` (error on the real test split: the target, used only for scoring),
@@ -177,8 +228,14 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
     loss = functools.partial(loss_fn, splits.task)
     rows = []
     for spec, ckpt_path, run in specs_and_ckpts:
-        model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=spec.seed,
-                            device=splits.x_train.device, **spec.model_kwargs)
+        model = build_model(
+            spec.model,
+            splits.input_shape,
+            splits.num_outputs,
+            seed=spec.seed,
+            device=splits.x_train.device,
+            **spec.model_kwargs,
+        )
         model.load_state_dict(load_checkpoint(ckpt_path)["model"])
         model.eval()
         _check_compatible(model, x_syn, splits.num_outputs, spec.label)
@@ -187,8 +244,13 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
         idx = run_indices(splits, spec.train_fraction, spec.seed)
         x_own, y_own = (splits.x_train, splits.y_train) if idx is None else (splits.x_train[idx], splits.y_train[idx])
         xp, yp = run_probe_data(splits, spec.train_fraction, spec.seed, subset_size)
-        row = {"run_key": run["run_key"], **{a: run.get(a) for a in AXES}, "seed": spec.seed, "n_train": len(x_own),
-               "true/test_err": classification_error(model, splits.x_test, splits.y_test)}
+        row = {
+            "run_key": run["run_key"],
+            **{a: run.get(a) for a in AXES},
+            "seed": spec.seed,
+            "n_train": len(x_own),
+            "true/test_err": classification_error(model, splits.x_test, splits.y_test),
+        }
         row["true/train_err"] = TrainErrorPredictor(x_own, y_own).predict(model)
         # Zhang et al. train the GAN on the classifiers' own training set: a classifier trained on a subset
         # of the GAN's training data is outside the protocol, so it gets no GAN prediction (NaN; not scored)
@@ -196,12 +258,18 @@ def predict_population(specs_and_ckpts: list[tuple[Any, str, dict]], splits, x_s
         row["pred/val"], row["pred/train_err"] = val.predict(model), row["true/train_err"]
         probed = probe_rows.get(run["run_key"], {})
         row["measure/lambda_max"] = probed.get("hessian/lambda_max") or SharpnessPredictor(
-            xp, yp, loss_fn=loss, tol=hessian.get("tol", 1e-3)).predict(model)
+            xp, yp, loss_fn=loss, tol=hessian.get("tol", 1e-3)
+        ).predict(model)
         row["measure/trace"] = probed.get("hessian/trace") or TracePredictor(
-            xp, yp, loss_fn=loss, n_probes=max(2, hessian.get("trace_probes", 20))).predict(model)
+            xp, yp, loss_fn=loss, n_probes=max(2, hessian.get("trace_probes", 20))
+        ).predict(model)
         row["measure/pacbayes_flatness"] = PACBayesFlatnessPredictor(
-            xp, yp, n_samples=flatness.get("n_samples", 8), target=flatness.get("target", 0.1),
-            n_iter=flatness.get("n_iter", 20)).predict(model)
+            xp,
+            yp,
+            n_samples=flatness.get("n_samples", 8),
+            target=flatness.get("target", 0.1),
+            n_iter=flatness.get("n_iter", 20),
+        ).predict(model)
         row["true/gap"] = row["true/test_err"] - row["true/train_err"]
         rows.append(row)
     return rows
@@ -230,9 +298,16 @@ def score_predictors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         all_vals = np.array([np.nan if r.get(col) is None else r[col] for r in rows], dtype=float)
         ok = np.isfinite(all_vals)  # e.g. no GAN prediction for classifiers outside the GAN's training set
         kind = "error" if col.startswith("pred/") else "measure"
-        entry = {"predictor": col.split("/", 1)[1], "kind": kind, "n_models": int(ok.sum()),
-                 "target": "test_err" if kind == "error" else "gap", "mae": None, "kendall_tau": None,
-                 "psi": None, "pgdl": None}
+        entry = {
+            "predictor": col.split("/", 1)[1],
+            "kind": kind,
+            "n_models": int(ok.sum()),
+            "target": "test_err" if kind == "error" else "gap",
+            "mae": None,
+            "kendall_tau": None,
+            "psi": None,
+            "pgdl": None,
+        }
         if ok.sum() >= 2:
             vals, t, g, tr = all_vals[ok], true[ok], gap[ok], train_err[ok]
             target = t if kind == "error" else g

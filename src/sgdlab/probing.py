@@ -38,10 +38,18 @@ def sharpness_hook_factory(probe: dict[str, Any] | None):
     def factory(splits, spec: RunSpec):
         from sgdlab.hessian import SharpnessProbe
 
-        return SharpnessProbe(_loss(splits.task), run_probe_data(splits, spec, probe["subset_size"]), every_k=probe["every"],
-                              k_eigs=probe["k"], tol=probe["tol"], n_trace_probes=probe["train_trace_probes"],
-                              max_iter=probe["max_iter"], batch_size=probe["batch_size"], bn_mode=probe["bn_mode"],
-                              seed=probe["seed"])
+        return SharpnessProbe(
+            _loss(splits.task),
+            run_probe_data(splits, spec, probe["subset_size"]),
+            every_k=probe["every"],
+            k_eigs=probe["k"],
+            tol=probe["tol"],
+            n_trace_probes=probe["train_trace_probes"],
+            max_iter=probe["max_iter"],
+            batch_size=probe["batch_size"],
+            bn_mode=probe["bn_mode"],
+            seed=probe["seed"],
+        )
 
     return factory
 
@@ -59,15 +67,24 @@ def probe_checkpoint(spec: RunSpec, checkpoint: Path | str, splits, probe: dict[
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint for run {spec.key}; run the sweep first")
     ckpt = load_checkpoint(path)
-    model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=spec.seed,
-                        device=splits.x_train.device, **spec.model_kwargs)
+    model = build_model(
+        spec.model,
+        splits.input_shape,
+        splits.num_outputs,
+        seed=spec.seed,
+        device=splits.x_train.device,
+        **spec.model_kwargs,
+    )
     model.load_state_dict(ckpt["model"])
     data = run_probe_data(splits, spec, probe["subset_size"])
     loss = _loss(splits.task)
     kw = dict(batch_size=probe["batch_size"], bn_mode=probe["bn_mode"], seed=probe["seed"])
     eig = hessian.top_eigenvalues(model, loss, data, k=probe["k"], tol=probe["tol"], max_iter=probe["max_iter"], **kw)
-    out: dict[str, Any] = {"hessian/lambda_max": float(eig.eigenvalues[0]), "hessian/converged": float(eig.converged),
-                           "hessian/n_matvecs": float(eig.n_matvecs)}
+    out: dict[str, Any] = {
+        "hessian/lambda_max": float(eig.eigenvalues[0]),
+        "hessian/converged": float(eig.converged),
+        "hessian/n_matvecs": float(eig.n_matvecs),
+    }
     for i in range(1, len(eig.eigenvalues)):
         out[f"hessian/lambda_{i + 1}"] = float(eig.eigenvalues[i])
     if probe["trace_probes"]:
@@ -87,10 +104,13 @@ def probe_checkpoint(spec: RunSpec, checkpoint: Path | str, splits, probe: dict[
     if "hessian/threshold" in out:
         out["hessian/threshold_preconditioned"] = float(adaptive)
     if adaptive:
-        pre = hessian.preconditioned_sharpness(model, loss, data, opt, tol=probe["tol"], max_iter=probe["max_iter"], **kw)
+        pre = hessian.preconditioned_sharpness(
+            model, loss, data, opt, tol=probe["tol"], max_iter=probe["max_iter"], **kw
+        )
         out["hessian/precond_lambda_max"] = float(pre.eigenvalues[0])
     if probe["density_probes"]:
-        dens = hessian.spectral_density(model, loss, data, n_probes=probe["density_probes"],
-                                        lanczos_steps=probe["lanczos_steps"], **kw)
+        dens = hessian.spectral_density(
+            model, loss, data, n_probes=probe["density_probes"], lanczos_steps=probe["lanczos_steps"], **kw
+        )
         out["_density"] = {"grid": dens.grid.tolist(), "density": dens.density.tolist()}
     return out

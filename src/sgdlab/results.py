@@ -68,15 +68,17 @@ def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict
     out = []
     for key, rs in groups.items():
         vals = [r[metric] for r in rs if r.get("status") == "finished" and r.get(metric) is not None]
-        out.append({
-            **dict(zip(GROUP_KEYS, key)),
-            "runs": len(rs),
-            "finished": sum(r.get("status") == "finished" for r in rs),
-            "diverged": sum(r.get("status") == "diverged" for r in rs),
-            "failed": sum(r.get("status") == "failed" for r in rs),
-            f"{metric} mean": statistics.fmean(vals) if vals else None,
-            f"{metric} std": statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None),
-        })
+        out.append(
+            {
+                **dict(zip(GROUP_KEYS, key)),
+                "runs": len(rs),
+                "finished": sum(r.get("status") == "finished" for r in rs),
+                "diverged": sum(r.get("status") == "diverged" for r in rs),
+                "failed": sum(r.get("status") == "failed" for r in rs),
+                f"{metric} mean": statistics.fmean(vals) if vals else None,
+                f"{metric} std": statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None),
+            }
+        )
     return out
 
 

@@ -32,11 +32,11 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(
-                f"schedule kind={self.kind!r} is not supported; allowed: {list(KINDS)}")
+            raise ValueError(f"schedule kind={self.kind!r} is not supported; allowed: {list(KINDS)}")
         if self.warmup_steps < 0 or (self.kind.startswith("warmup") and self.warmup_steps < 1):
-            raise ValueError(f"schedule warmup_steps={self.warmup_steps!r} must be >= 1 for "
-                             f"kind={self.kind!r} (>= 0 otherwise)")
+            raise ValueError(
+                f"schedule warmup_steps={self.warmup_steps!r} must be >= 1 for kind={self.kind!r} (>= 0 otherwise)"
+            )
         if self.step_size < 1:
             raise ValueError(f"schedule step_size={self.step_size!r} must be >= 1")
         if not 0 < self.gamma <= 1:

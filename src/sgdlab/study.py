@@ -48,8 +48,15 @@ class Output:
 
 
 # The report's figures, in order (sgdlab.report.build gives each its title and caption).
-REPORT_FIGURES = ("fig1_training_curves", "fig2_edge_of_stability", "fig3_spectral_density",
-                  "fig4_predicted_vs_true", "fig5_measures", "fig6_summary", "fig8_scaling_rules")
+REPORT_FIGURES = (
+    "fig1_training_curves",
+    "fig2_edge_of_stability",
+    "fig3_spectral_density",
+    "fig4_predicted_vs_true",
+    "fig5_measures",
+    "fig6_summary",
+    "fig8_scaling_rules",
+)
 
 
 def _report_outputs() -> dict[str, Output]:
@@ -62,16 +69,23 @@ def _report_outputs() -> dict[str, Output]:
 OUTPUTS: dict[str, dict[str, Output]] = {
     "prepare": {"processed": Output("{data}/processed")},
     "sweep": {"models": Output("{models}", persist=True), "runs": Output("{results}/runs.parquet")},
-    "probe": {"probe": Output("{results}/probe.parquet"), "densities": Output("{results}/densities.json"),
-              # one JSON per run key, keyed by the checkpoint's content hash + probe settings (the phase's cache)
-              "units": Output("{results}/probe-units", persist=True)},
-    "gan": {"generator": Output("{results}/gan/generator.pt"),
-            "synthetic": Output("{results}/gan/synthetic.parquet"),
-            "samples": Output("{results}/gan/samples.png", cache=False),
-            "meta": Output("{results}/gan/gan.json", kind="metrics", cache=False)},
-    "predict": {"predictions": Output("{results}/predictions.parquet"),
-                "scores": Output("{results}/scores.parquet"),
-                "scores_json": Output("{results}/scores.json", kind="metrics", cache=False)},
+    "probe": {
+        "probe": Output("{results}/probe.parquet"),
+        "densities": Output("{results}/densities.json"),
+        # one JSON per run key, keyed by the checkpoint's content hash + probe settings (the phase's cache)
+        "units": Output("{results}/probe-units", persist=True),
+    },
+    "gan": {
+        "generator": Output("{results}/gan/generator.pt"),
+        "synthetic": Output("{results}/gan/synthetic.parquet"),
+        "samples": Output("{results}/gan/samples.png", cache=False),
+        "meta": Output("{results}/gan/gan.json", kind="metrics", cache=False),
+    },
+    "predict": {
+        "predictions": Output("{results}/predictions.parquet"),
+        "scores": Output("{results}/scores.parquet"),
+        "scores_json": Output("{results}/scores.json", kind="metrics", cache=False),
+    },
     "report": _report_outputs(),
 }
 
@@ -79,8 +93,12 @@ OUTPUTS: dict[str, dict[str, Output]] = {
 def result_paths(results_dir: Path | str) -> dict[str, Path]:
     """Every output under ``{results}`` as ``"phase.name" -> path`` for code that only holds a results
     directory (the report library, :func:`sgdlab.results.load_runs`)."""
-    return {f"{phase}.{name}": Path(o.path.format(results=Path(results_dir), models="", data=""))
-            for phase, outs in OUTPUTS.items() for name, o in outs.items() if o.path.startswith("{results}")}
+    return {
+        f"{phase}.{name}": Path(o.path.format(results=Path(results_dir), models="", data=""))
+        for phase, outs in OUTPUTS.items()
+        for name, o in outs.items()
+        if o.path.startswith("{results}")
+    }
 
 
 class Study:
@@ -98,8 +116,10 @@ class Study:
     def _inside(self, value: str, key: str) -> Path:
         p = (self.root / value).resolve()
         if not self.cfg.study.allow_outside_project and not p.is_relative_to(self.root):
-            raise ConfigError(f"params.yaml: {key} = {value!r}: resolves to {p}, outside the project {self.root}; "
-                              "keep outputs inside the project or set study.allow_outside_project: true")
+            raise ConfigError(
+                f"params.yaml: {key} = {value!r}: resolves to {p}, outside the project {self.root}; "
+                "keep outputs inside the project or set study.allow_outside_project: true"
+            )
         return p
 
     def path(self, phase: str, name: str) -> Path:
@@ -107,8 +127,10 @@ class Study:
         try:
             template = OUTPUTS[phase][name].path
         except KeyError:
-            raise KeyError(f"no output {name!r} of phase {phase!r}; declared: "
-                           f"{', '.join(f'{p}.{n}' for p, outs in OUTPUTS.items() for n in outs)}") from None
+            raise KeyError(
+                f"no output {name!r} of phase {phase!r}; declared: "
+                f"{', '.join(f'{p}.{n}' for p, outs in OUTPUTS.items() for n in outs)}"
+            ) from None
         return Path(template.format(models=self.models_dir, results=self.results_dir, data=self.data_root))
 
     def outputs(self, phase: str) -> dict[str, Path]:
@@ -127,8 +149,10 @@ class Study:
         path (tables written before paths were relative) is refused: it may point into another project."""
         p = Path(stored)
         if p.is_absolute():
-            raise ValueError(f"{stored}: an absolute path in {self.path('sweep', 'runs')}; re-run the sweep "
-                             "(`sgdlab sweep`: finished keys are reused) to store paths relative to the study")
+            raise ValueError(
+                f"{stored}: an absolute path in {self.path('sweep', 'runs')}; re-run the sweep "
+                "(`sgdlab sweep`: finished keys are reused) to store paths relative to the study"
+            )
         return self.models_dir / p
 
     # ------------------------------------------------------------------------------------------- data
@@ -156,8 +180,16 @@ class Study:
         spec = spec or self.data_spec()
         train_file = self.processed_dir(spec.dataset) / "train.parquet"
         stamp = train_file.stat().st_mtime_ns if train_file.exists() else 0
-        key = (spec.dataset, spec.data_hash, spec.val_fraction, spec.split_seed, spec.probe_size,
-               str(self.data_root), self.device, stamp)
+        key = (
+            spec.dataset,
+            spec.data_hash,
+            spec.val_fraction,
+            spec.split_seed,
+            spec.probe_size,
+            str(self.data_root),
+            self.device,
+            stamp,
+        )
         with _cache_lock:
             if key not in _splits_cache:
                 if len(_splits_cache) >= 2:
@@ -178,10 +210,13 @@ class Study:
         prepared file when it exists and was made with these settings: what batch sizes are checked
         against at load, before any data is built."""
         d, name = self.cfg.data, dataset or self.cfg.train.dataset
-        n = {"fashion_mnist": lambda: d.fashion_mnist.train_size or 60000,
-             "mnist1d": lambda: int(d.mnist1d.num_samples * d.mnist1d.train_split),
-             "sparse_regression": lambda: d.sparse_regression.n_train,
-             "xor": lambda: d.xor.n_train, "separable": lambda: d.separable.n_train}[name]()
+        n = {
+            "fashion_mnist": lambda: d.fashion_mnist.train_size or 60000,
+            "mnist1d": lambda: int(d.mnist1d.num_samples * d.mnist1d.train_split),
+            "sparse_regression": lambda: d.sparse_regression.n_train,
+            "xor": lambda: d.xor.n_train,
+            "separable": lambda: d.separable.n_train,
+        }[name]()
         return n - int(round(d.val_fraction * n))
 
     # ------------------------------------------------------------------------------------------- runs
@@ -194,8 +229,10 @@ class Study:
             ckpt = self.resolve(row["checkpoint"])
             done = results.read_result(ckpt.parent)
             if done is None:
-                raise FileNotFoundError(f"{ckpt.parent / 'result.json'}: run {row['run_key']} is listed as finished "
-                                        "but its result is missing; re-run the sweep")
+                raise FileNotFoundError(
+                    f"{ckpt.parent / 'result.json'}: run {row['run_key']} is listed as finished "
+                    "but its result is missing; re-run the sweep"
+                )
             out.append(FinishedRun(RunSpec.from_dict(done["spec"]), row, ckpt))
         return out
 

@@ -52,12 +52,16 @@ def _check_model(i: int, m: ModelConfig) -> None:
 
     names = list_models()
     if m.name not in names:
-        raise SweepError(f"params.yaml: sweep.models[{i}].name = {m.name!r}: unknown model; allowed: {', '.join(names)}")
+        raise SweepError(
+            f"params.yaml: sweep.models[{i}].name = {m.name!r}: unknown model; allowed: {', '.join(names)}"
+        )
     allowed = model_kwargs(m.name)
     for k in m.kwargs:
         if k not in allowed:
-            raise SweepError(f"params.yaml: sweep.models[{i}].kwargs.{k}: model {m.name!r} takes no {k!r}; "
-                             f"allowed: {', '.join(sorted(allowed))}")
+            raise SweepError(
+                f"params.yaml: sweep.models[{i}].kwargs.{k}: model {m.name!r} takes no {k!r}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
 
 
 def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
@@ -66,9 +70,11 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
 
     from sgdlab.optim import scaling
 
-    rules = {"linear": (scaling.linear_scaling, scaling.LINEAR_OPTIMIZERS),
-             "sqrt": (scaling.sqrt_scaling, scaling.SQRT_OPTIMIZERS),
-             "svag": (scaling.svag, scaling.SVAG_SGD_OPTIMIZERS + scaling.SVAG_ADAM_OPTIMIZERS)}
+    rules = {
+        "linear": (scaling.linear_scaling, scaling.LINEAR_OPTIMIZERS),
+        "sqrt": (scaling.sqrt_scaling, scaling.SQRT_OPTIMIZERS),
+        "svag": (scaling.svag, scaling.SVAG_SGD_OPTIMIZERS + scaling.SVAG_ADAM_OPTIMIZERS),
+    }
     fn, covered = rules[v.rule]
     if spec.optimizer not in covered:
         return None
@@ -80,10 +86,16 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
         raise SweepError(f"params.yaml: sweep.variants ({v.rule} x{v.factor:g}) for {spec.label}: {exc}") from None
     from sgdlab.optim import resolve_hparams
 
-    return replace(spec, optimizer=out.optimizer, hparams=resolve_hparams(out.optimizer, out.hparams),
-                   batch_size=out.batch_size, steps=out.steps, variant=f"{v.rule}x{v.factor:g}",
-                   base_key=spec.key, loop={**spec.loop, "schedule": map_schedule(spec.loop["schedule"],
-                                                                                spec.steps, out.steps)})
+    return replace(
+        spec,
+        optimizer=out.optimizer,
+        hparams=resolve_hparams(out.optimizer, out.hparams),
+        batch_size=out.batch_size,
+        steps=out.steps,
+        variant=f"{v.rule}x{v.factor:g}",
+        base_key=spec.key,
+        loop={**spec.loop, "schedule": map_schedule(spec.loop["schedule"], spec.steps, out.steps)},
+    )
 
 
 STEP_FIELDS = ("warmup_steps", "step_size")  # schedule fields counted in optimizer steps
@@ -144,20 +156,36 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
                     for frac in sw.train_fractions:
                         n = None if n_train is None else int(n_train * frac)
                         if n is not None and bs > n:
-                            raise SweepError(f"params.yaml: sweep.batch_sizes: {bs} is larger than the {n} training "
-                                             f"examples of {cfg.train.dataset!r} (train fraction {frac:g})")
+                            raise SweepError(
+                                f"params.yaml: sweep.batch_sizes: {bs} is larger than the {n} training "
+                                f"examples of {cfg.train.dataset!r} (train fraction {frac:g})"
+                            )
                         for steps in sw.steps or (cfg.train.steps,):
                             for seed in sw.seeds:
-                                specs.append(RunSpec(replace(data, train_fraction=frac), m.name, dict(m.kwargs), name,
-                                                     hp, bs, steps, seed, loop, probe))
+                                specs.append(
+                                    RunSpec(
+                                        replace(data, train_fraction=frac),
+                                        m.name,
+                                        dict(m.kwargs),
+                                        name,
+                                        hp,
+                                        bs,
+                                        steps,
+                                        seed,
+                                        loop,
+                                        probe,
+                                    )
+                                )
     base = list(specs)
     for v in sw.variants:
         for spec in base:
             new = _variant(spec, v)
             if new is not None:
                 if n_train is not None and new.batch_size > n_train:
-                    raise SweepError(f"params.yaml: sweep.variants ({v.rule} x{v.factor:g}): batch size "
-                                     f"{new.batch_size} of {spec.label} exceeds the {n_train} training examples")
+                    raise SweepError(
+                        f"params.yaml: sweep.variants ({v.rule} x{v.factor:g}): batch size "
+                        f"{new.batch_size} of {spec.label} exceeds the {n_train} training examples"
+                    )
                 specs.append(new)
     for bs, steps in sorted({(s.batch_size, s.steps) for s in specs}):
         _check_loop(cfg, loop, bs, steps)

@@ -103,18 +103,23 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
-        return c.create_experiment(name, artifact_location=location,
-                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def git_commit(root: Path | None = None) -> str:
     """The checkout's commit (``-dirty`` suffix with uncommitted changes), or ``unknown``."""
     root = root or project_root()
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -265,16 +270,32 @@ def find_runs(experiment_name: str, filter_string: str = "", max_results: int = 
     exp = c.get_experiment_by_name(experiment_name)
     if exp is None:
         return []
-    return c.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results,
-                         order_by=["attributes.start_time DESC"])
+    return c.search_runs(
+        [exp.experiment_id],
+        filter_string=filter_string,
+        max_results=max_results,
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """The command that serves the MLflow UI over this project's store."""
     import sys
 
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
-            "--default-artifact-root", artifact_root().as_uri(), "--host", host, "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri(),
+        "--default-artifact-root",
+        artifact_root().as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def iter_metric_history(run_id: str, key: str) -> Iterable[tuple[int, float]]:
@@ -300,5 +321,4 @@ def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> s
 
 def run_url(experiment_id: str, run_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
     """The MLflow UI page of one run: ``http://host:port/#/experiments/<id>/runs/<run id>?workflowType=...``."""
-    return (f"{ui_base_url(host, port)}/#/experiments/{experiment_id}/runs/{run_id}"
-            f"?workflowType={UI_WORKFLOW_TYPE}")
+    return f"{ui_base_url(host, port)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType={UI_WORKFLOW_TYPE}"

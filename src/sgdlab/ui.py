@@ -55,8 +55,7 @@ def process_table() -> Table | None:
         # "pid (comm) state ppid pgrp session ... starttime(22nd field)"; comm may hold spaces and ')'
         fields = raw[raw.rfind(")") + 2 :].split()
         try:
-            table[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
-                                      int(fields[19]))
+            table[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
         except (IndexError, ValueError):
             continue
     return table
@@ -133,8 +132,11 @@ class ProcessTree:
         table = process_table() if table is None else table
         if table is None:
             return [self.proc.pid] if self.proc.poll() is None else []
-        return sorted(p for p, start in self.known.items()
-                      if p in table and table[p][4] == start and table[p][0] not in ("Z", "X"))
+        return sorted(
+            p
+            for p, start in self.known.items()
+            if p in table and table[p][4] == start and table[p][0] not in ("Z", "X")
+        )
 
     def signal(self, sig: int, table: Table | None = None) -> None:
         """``sig`` once to the process group (while it can still be ours) and once to every live
@@ -180,8 +182,7 @@ class ProcessTree:
         return self.alive(table)
 
 
-def run_ui(host: str = "127.0.0.1", port: int = 5000, *, term_timeout: float = 3.0,
-           poll_s: float = 0.5) -> int:
+def run_ui(host: str = "127.0.0.1", port: int = 5000, *, term_timeout: float = 3.0, poll_s: float = 0.5) -> int:
     """Serve the MLflow UI (:func:`sgdlab.tracking.ui_command`) until SIGINT/SIGTERM/SIGHUP, then stop
     every process it started (see the module doc) and return 0; if the UI exits by itself, clean up
     what it left and return its exit status."""

@@ -22,7 +22,21 @@ from sgdlab.data.sources import SourceError
 from sgdlab.data.spec import DataSpec
 
 __all__ = [
-    "DataFileError", "DataSpec", "PreparedDataset", "RawDataset", "SourceError", "TensorSplits",
-    "load_spec", "load_splits", "prepare_dataset", "probe_indices", "processed_dir", "read_meta", "read_split",
-    "resolve_device", "run_indices", "run_probe_data", "train_subset_indices",
+    "DataFileError",
+    "DataSpec",
+    "PreparedDataset",
+    "RawDataset",
+    "SourceError",
+    "TensorSplits",
+    "load_spec",
+    "load_splits",
+    "prepare_dataset",
+    "probe_indices",
+    "processed_dir",
+    "read_meta",
+    "read_split",
+    "resolve_device",
+    "run_indices",
+    "run_probe_data",
+    "train_subset_indices",
 ]

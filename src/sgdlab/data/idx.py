@@ -44,9 +44,7 @@ def parse_idx(buf: bytes, source: str = "<bytes>") -> np.ndarray:
     dtype = _DTYPES[code]
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(buf) != expected:
-        raise IDXError(
-            f"{source}: payload is {len(buf)} bytes, the header {shape} of {dtype} needs {expected}"
-        )
+        raise IDXError(f"{source}: payload is {len(buf)} bytes, the header {shape} of {dtype} needs {expected}")
     arr = np.frombuffer(buf, dtype=dtype, offset=header).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 

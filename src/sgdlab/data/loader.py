@@ -20,8 +20,17 @@ from sgdlab.data.spec import DataSpec
 from sgdlab.device import generator as seeded_generator
 from sgdlab.device import resolve_device
 
-__all__ = ["DataSpec", "TensorSplits", "load_splits", "load_spec", "probe_indices", "resolve_device", "run_indices", "run_probe_data",
-           "train_subset_indices"]
+__all__ = [
+    "DataSpec",
+    "TensorSplits",
+    "load_splits",
+    "load_spec",
+    "probe_indices",
+    "resolve_device",
+    "run_indices",
+    "run_probe_data",
+    "train_subset_indices",
+]
 
 
 @dataclass(frozen=True)
@@ -70,12 +79,16 @@ def load_splits(
         raise DataFileError(f"{base}: train and test files come from different prepare runs; run `sgdlab prepare`")
     actual = content_hash(x_tr, y_tr, x_te, y_te)
     if actual != meta["data_hash"]:
-        raise DataFileError(f"{base / 'train.parquet'}: content hash {actual[:12]}... differs from the recorded "
-                            f"data hash {meta['data_hash'][:12]}... (modified or corrupt); run `sgdlab prepare`")
+        raise DataFileError(
+            f"{base / 'train.parquet'}: content hash {actual[:12]}... differs from the recorded "
+            f"data hash {meta['data_hash'][:12]}... (modified or corrupt); run `sgdlab prepare`"
+        )
     if expect_hash is not None and actual != expect_hash:
-        raise DataFileError(f"{base / 'train.parquet'}: holds data {actual[:12]}..., but the run expects "
-                            f"{expect_hash[:12]}... (prepared with other settings since); run `sgdlab prepare` "
-                            "with this study's params")
+        raise DataFileError(
+            f"{base / 'train.parquet'}: holds data {actual[:12]}..., but the run expects "
+            f"{expect_hash[:12]}... (prepared with other settings since); run `sgdlab prepare` "
+            "with this study's params"
+        )
     dev = resolve_device(device)
 
     n = len(x_tr)
@@ -111,18 +124,34 @@ def load_splits(
     g = seeded_generator(split_seed)
     probe = torch.randperm(n_tr, generator=g)[: min(probe_size, n_tr)].sort().values.to(dev)
     return TensorSplits(
-        name=name, task=meta["task"], num_classes=meta["num_classes"], input_shape=tuple(meta["shape"]),
-        x_train=xt, y_train=labels(y_tr[tr_idx]), x_val=xv, y_val=labels(y_tr[val_idx]),
-        x_test=xs, y_test=labels(y_te), probe_idx=probe, data_hash=meta["data_hash"],
-        meta={**meta, "normalization": norm, "n_val": n_val, "probe_size": len(probe), "split_seed": split_seed,
-              "probe_size_requested": probe_size},
+        name=name,
+        task=meta["task"],
+        num_classes=meta["num_classes"],
+        input_shape=tuple(meta["shape"]),
+        x_train=xt,
+        y_train=labels(y_tr[tr_idx]),
+        x_val=xv,
+        y_val=labels(y_tr[val_idx]),
+        x_test=xs,
+        y_test=labels(y_te),
+        probe_idx=probe,
+        data_hash=meta["data_hash"],
+        meta={
+            **meta,
+            "normalization": norm,
+            "n_val": n_val,
+            "probe_size": len(probe),
+            "split_seed": split_seed,
+            "probe_size_requested": probe_size,
+        },
     )
 
 
 def load_spec(spec: DataSpec, root: Path | str, device: str | torch.device = "cpu") -> TensorSplits:
     """:func:`load_splits` for a :class:`DataSpec`, verifying the content hash against ``spec.data_hash``."""
-    return load_splits(spec.dataset, root, device, spec.val_fraction, spec.probe_size, spec.split_seed,
-                       expect_hash=spec.data_hash)
+    return load_splits(
+        spec.dataset, root, device, spec.val_fraction, spec.probe_size, spec.split_seed, expect_hash=spec.data_hash
+    )
 
 
 def run_indices(splits: TensorSplits, fraction: float, seed: int) -> torch.Tensor | None:

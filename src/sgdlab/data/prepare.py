@@ -48,7 +48,9 @@ def _builder(name: str, cfg: DataConfig) -> tuple[Callable[[], RawDataset], dict
     if name == "fashion_mnist":
         c = cfg.fashion_mnist
         return (lambda: sources.make_fashion_mnist(c.source_dir, c.train_size, c.test_size)), {
-            "train_size": c.train_size, "test_size": c.test_size}
+            "train_size": c.train_size,
+            "test_size": c.test_size,
+        }
     if name == "mnist1d":
         c = cfg.mnist1d
         return (lambda: sources.make_mnist1d(c.num_samples, c.train_split, c.seed)), c.model_dump()

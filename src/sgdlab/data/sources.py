@@ -140,9 +140,13 @@ def make_sparse_regression(d: int, n_train: int, n_test: int, kappa: int, noise:
     y_tr = x_tr @ w + noise * rng.standard_normal(n_train)
     y_te = x_te @ w + noise * rng.standard_normal(n_test)
     return RawDataset(
-        name="sparse_regression", task="regression", num_classes=None,
-        x_train=x_tr.astype(np.float32), y_train=y_tr.astype(np.float32),
-        x_test=x_te.astype(np.float32), y_test=y_te.astype(np.float32),
+        name="sparse_regression",
+        task="regression",
+        num_classes=None,
+        x_train=x_tr.astype(np.float32),
+        y_train=y_tr.astype(np.float32),
+        x_test=x_te.astype(np.float32),
+        y_test=y_te.astype(np.float32),
         source="sgdlab.data.sources.make_sparse_regression",
         params={"d": d, "n_train": n_train, "n_test": n_test, "kappa": kappa, "noise": noise, "seed": seed},
         extra={"w_star": w.tolist(), "support": support.tolist()},
@@ -163,8 +167,13 @@ def make_xor(d: int, i: int, j: int, n_train: int, n_test: int, seed: int) -> Ra
     x_tr, y_tr = draw(n_train)
     x_te, y_te = draw(n_test)
     return RawDataset(
-        name="xor", task="classification", num_classes=2,
-        x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+        name="xor",
+        task="classification",
+        num_classes=2,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
         source="sgdlab.data.sources.make_xor",
         params={"d": d, "i": i, "j": j, "n_train": n_train, "n_test": n_test, "seed": seed},
     )
@@ -192,8 +201,13 @@ def make_separable(d: int, n_train: int, n_test: int, margin: float, seed: int) 
     x_tr, y_tr = draw(n_train)
     x_te, y_te = draw(n_test)
     return RawDataset(
-        name="separable", task="classification", num_classes=2,
-        x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+        name="separable",
+        task="classification",
+        num_classes=2,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
         source="sgdlab.data.sources.make_separable",
         params={"d": d, "n_train": n_train, "n_test": n_test, "margin": margin, "seed": seed},
         extra={"w_star": w.tolist()},

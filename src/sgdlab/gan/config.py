@@ -70,8 +70,7 @@ class GANConfig:
             raise ValueError(f"GANConfig.d_mbstd_group={self.d_mbstd_group!r}: must be >= 0")
         if self.d_mbstd_group and self.batch_size % self.d_mbstd_group:
             raise ValueError(
-                f"GANConfig.batch_size={self.batch_size} must be a multiple of "
-                f"d_mbstd_group={self.d_mbstd_group}"
+                f"GANConfig.batch_size={self.batch_size} must be a multiple of d_mbstd_group={self.d_mbstd_group}"
             )
         if not isinstance(self.bn_stat_batches, int) or self.bn_stat_batches < 0:
             raise ValueError(f"GANConfig.bn_stat_batches={self.bn_stat_batches!r}: must be >= 0")
@@ -92,12 +91,8 @@ class GANConfig:
         parse_policy(self.diffaugment)
         if self.precision not in PRECISIONS:
             raise ValueError(f"GANConfig.precision={self.precision!r}: allowed {PRECISIONS}")
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu") or self.device.startswith("cuda")
-        ):
-            raise ValueError(
-                f"GANConfig.device={self.device!r}: allowed 'auto', 'cpu', 'cuda', 'cuda:N'"
-            )
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"GANConfig.device={self.device!r}: allowed 'auto', 'cpu', 'cuda', 'cuda:N'")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GANConfig:

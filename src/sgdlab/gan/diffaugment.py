@@ -54,9 +54,7 @@ def _color(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     return (x - m) * (_uniform(x, gen) + 0.5) + m
 
 
-def _translate(
-    x: torch.Tensor, ratio: float, fill: float, gen: torch.Generator | None
-) -> torch.Tensor:
+def _translate(x: torch.Tensor, ratio: float, fill: float, gen: torch.Generator | None) -> torch.Tensor:
     b = x.shape[0]
     for d in range(2, x.dim()):  # one spatial axis at a time
         size = x.shape[d]

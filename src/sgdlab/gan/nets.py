@@ -34,9 +34,7 @@ def _conv_cls(sample_shape: tuple[int, ...]) -> type[nn.Module]:
         return nn.Conv2d
     if len(sample_shape) == 2:
         return nn.Conv1d
-    raise ValueError(
-        f"sample_shape={sample_shape!r}: expected (C, H, W) for images or (C, L) for signals"
-    )
+    raise ValueError(f"sample_shape={sample_shape!r}: expected (C, H, W) for images or (C, L) for signals")
 
 
 def _convT_cls(sample_shape: tuple[int, ...]) -> type[nn.Module]:
@@ -47,8 +45,7 @@ def _check_shape(sample_shape: tuple[int, ...]) -> None:
     _conv_cls(sample_shape)
     if any(s % 4 for s in sample_shape[1:]):
         raise ValueError(
-            f"sample_shape={sample_shape!r}: spatial sizes must be divisible by 4 "
-            "(two 2x upsamplings from size // 4)"
+            f"sample_shape={sample_shape!r}: spatial sizes must be divisible by 4 (two 2x upsamplings from size // 4)"
         )
 
 

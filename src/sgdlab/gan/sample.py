@@ -21,8 +21,7 @@ def _check(generator: Generator, num_classes: int) -> None:
         raise TypeError(f"generator must be a sgdlab.gan Generator, got {type(generator).__name__}")
     if num_classes != generator.num_classes:
         raise ValueError(
-            f"num_classes={num_classes} does not match the generator's "
-            f"num_classes={generator.num_classes}"
+            f"num_classes={num_classes} does not match the generator's num_classes={generator.num_classes}"
         )
 
 

@@ -57,10 +57,7 @@ def prepare_train_data(
     ``[0, num_classes)`` with every class present.
     """
     if not isinstance(x_train, torch.Tensor) or not isinstance(y_train, torch.Tensor):
-        raise TypeError(
-            f"x_train/y_train must be torch.Tensor, got {type(x_train).__name__}/"
-            f"{type(y_train).__name__}"
-        )
+        raise TypeError(f"x_train/y_train must be torch.Tensor, got {type(x_train).__name__}/{type(y_train).__name__}")
     if x_train.dim() not in (3, 4):
         raise ValueError(
             f"x_train shape {tuple(x_train.shape)}: expected (N, C, H, W) or (N, C, L); "
@@ -72,9 +69,7 @@ def prepare_train_data(
             "4 supported): images need (N, C, H, W), so add the channel axis with x.unsqueeze(1)"
         )
     if y_train.dim() != 1 or y_train.shape[0] != x_train.shape[0]:
-        raise ValueError(
-            f"y_train shape {tuple(y_train.shape)}: expected ({x_train.shape[0]},) to match x_train"
-        )
+        raise ValueError(f"y_train shape {tuple(y_train.shape)}: expected ({x_train.shape[0]},) to match x_train")
     if y_train.dtype.is_floating_point or y_train.dtype == torch.bool:
         raise TypeError(f"y_train dtype {y_train.dtype}: expected an integer class index")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -111,9 +106,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 @torch.no_grad()
-def recompute_bn_stats(
-    g: Generator, n_batches: int, batch_size: int, seed: int, device: torch.device
-) -> None:
+def recompute_bn_stats(g: Generator, n_batches: int, batch_size: int, seed: int, device: torch.device) -> None:
     """Replace G's BatchNorm running statistics by their average over ``n_batches`` batches of
     class-balanced samples ("standing statistics", Brock et al. 2019). Leaves G in eval mode."""
     if n_batches == 0:
@@ -178,8 +171,7 @@ def train_gan(
     n, b = x.shape[0], cfg.batch_size
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     history: dict[str, list[float]] = {
-        k: []
-        for k in ("step", "gan/loss_d", "gan/loss_g", "gan/ms_ratio", "gan/d_real", "gan/d_fake")
+        k: [] for k in ("step", "gan/loss_d", "gan/loss_g", "gan/ms_ratio", "gan/d_real", "gan/d_fake")
     }
 
     def latents() -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,9 +207,7 @@ def train_gan(
             x_g = g(z, y_fake).float()  # (B, *sample_shape)
             loss_adv = -d(augment(x_g), y_fake).float().mean()
         # Mao et al. 2019 (MSGAN): r = |G(z1, y) - G(z2, y)| / |z1 - z2|, maximised via 1 / r
-        ratio = (x_g[:half] - x_g[half : 2 * half]).abs().mean() / (
-            (z[:half] - z[half : 2 * half]).abs().mean()
-        )
+        ratio = (x_g[:half] - x_g[half : 2 * half]).abs().mean() / ((z[:half] - z[half : 2 * half]).abs().mean())
         loss_g = loss_adv + cfg.mode_seeking / (ratio + 1e-5) if cfg.mode_seeking > 0 else loss_adv
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

@@ -156,7 +156,11 @@ def pacbayes_flatness(
                 p.copy_(w)
         model.train(was_training)
     return FlatnessResult(
-        sigma=sigma, measure=1.0 / sigma**2, base=base, deviation=dev, n_evals=n_evals,
+        sigma=sigma,
+        measure=1.0 / sigma**2,
+        base=base,
+        deviation=dev,
+        n_evals=n_evals,
         at_bound=at_bound,
     )
 
@@ -187,7 +191,13 @@ class PACBayesFlatnessPredictor:
 
     def predict(self, model: nn.Module) -> float:
         return pacbayes_flatness(
-            model, self.x, self.y, magnitude_aware=self.magnitude_aware,
-            criterion=self.criterion, target=self.target, n_samples=self.n_samples,
-            n_iter=self.n_iter, seed=self.seed,
+            model,
+            self.x,
+            self.y,
+            magnitude_aware=self.magnitude_aware,
+            criterion=self.criterion,
+            target=self.target,
+            n_samples=self.n_samples,
+            n_iter=self.n_iter,
+            seed=self.seed,
         ).measure

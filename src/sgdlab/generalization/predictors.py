@@ -52,17 +52,14 @@ def _check_xy(name: str, x: torch.Tensor, y: torch.Tensor, labels: bool = True) 
         raise TypeError(f"{name}: x and y must be torch.Tensor")
     if (labels and y.dim() != 1) or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(
-            f"{name}: x {tuple(x.shape)} and y {tuple(y.shape)} must be non-empty with one "
-            "label per sample"
+            f"{name}: x {tuple(x.shape)} and y {tuple(y.shape)} must be non-empty with one label per sample"
         )
     if labels and y.dtype.is_floating_point:
         raise TypeError(f"{name}: y dtype {y.dtype} must be an integer class index")
 
 
 @torch.no_grad()
-def classification_error(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
-) -> float:
+def classification_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
     """Fraction of samples whose argmax logit differs from ``y``; model evaluated in eval mode
     (mode restored afterwards)."""
     _check_xy("classification_error", x, y)
@@ -144,7 +141,12 @@ class SharpnessPredictor:
         from sgdlab.hessian import top_eigenvalues  # lazy: optional heavy dependency chain
 
         res = top_eigenvalues(
-            model, self.loss_fn, (self.x, self.y), k=1, tol=self.tol, seed=self.seed,
+            model,
+            self.loss_fn,
+            (self.x, self.y),
+            k=1,
+            tol=self.tol,
+            seed=self.seed,
             bn_mode=self.bn_mode,
         )
         return float(res.eigenvalues[0])
@@ -173,7 +175,11 @@ class TracePredictor:
         from sgdlab.hessian import trace
 
         res = trace(
-            model, self.loss_fn, (self.x, self.y), n_probes=self.n_probes, seed=self.seed,
+            model,
+            self.loss_fn,
+            (self.x, self.y),
+            n_probes=self.n_probes,
+            seed=self.seed,
             bn_mode=self.bn_mode,
         )
         return float(res.estimate)

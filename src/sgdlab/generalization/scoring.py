@@ -126,7 +126,10 @@ def _entropy(counts: np.ndarray) -> np.ndarray:
 
 
 def pgdl_conditional_mi(
-    measure, gap, hparams: Mapping[str, object], include_self_pairs: bool = True,
+    measure,
+    gap,
+    hparams: Mapping[str, object],
+    include_self_pairs: bool = True,
     weighting: str = "uniform",
 ) -> dict[tuple[str, ...], float]:
     """Normalised conditional mutual information ``I(V_m; V_g | U_S) / H(V_g | U_S)`` per

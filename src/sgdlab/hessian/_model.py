@@ -89,9 +89,7 @@ def select_params(model: nn.Module, params) -> list[tuple[str, nn.Parameter]]:
     for key in keys:
         hits = [(n, p) for n, p in named if n == key or n.startswith(key + ".")]
         if not hits:
-            raise ValueError(
-                f"params entry {key!r} matches no parameter; available: {[n for n, _ in named]}"
-            )
+            raise ValueError(f"params entry {key!r} matches no parameter; available: {[n for n, _ in named]}")
         for n, p in hits:
             if n not in seen:
                 seen.add(n)
@@ -106,9 +104,7 @@ def check_data(data) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("data must be a tuple (X, y) of tensors")
     if X.shape[0] != y.shape[0] or X.shape[0] == 0:
-        raise ValueError(
-            f"data X and y must have the same, non-zero length; got {X.shape[0]} and {y.shape[0]}"
-        )
+        raise ValueError(f"data X and y must have the same, non-zero length; got {X.shape[0]} and {y.shape[0]}")
     return X, y
 
 

@@ -41,8 +41,14 @@ class GGNOperator(ModelOperator):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
-            model, loss_fn, data, params=params, batch_size=batch_size, bn_mode=bn_mode,
-            device=device, dtype=dtype,
+            model,
+            loss_fn,
+            data,
+            params=params,
+            batch_size=batch_size,
+            bn_mode=bn_mode,
+            device=device,
+            dtype=dtype,
         )
         if retain_graph is None:
             retain_graph = len(self.batches) == 1
@@ -68,9 +74,7 @@ class GGNOperator(ModelOperator):
         vs = self.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         for b in range(len(self.batches)):
-            theta, z, z_leaf, dl_dz, _ = (
-                self._graphs[b] if self._graphs is not None else self._graph(b)
-            )
+            theta, z, z_leaf, dl_dz, _ = self._graphs[b] if self._graphs is not None else self._graph(b)
             # J v via the double-vjp trick: J^T u is linear in the dummy u, its u-gradient
             # against v is J v.
             u = torch.zeros_like(z, requires_grad=True)  # (B, C)
@@ -81,14 +85,16 @@ class GGNOperator(ModelOperator):
             if not pairs:
                 continue
             (jv,) = torch.autograd.grad(
-                [a for a, _ in pairs], u, grad_outputs=[vi for _, vi in pairs],
-                retain_graph=True, allow_unused=True,
+                [a for a, _ in pairs],
+                u,
+                grad_outputs=[vi for _, vi in pairs],
+                retain_graph=True,
+                allow_unused=True,
             )
             if jv is None or not dl_dz.requires_grad:
                 continue
             (h_jv,) = torch.autograd.grad(dl_dz, z_leaf, grad_outputs=jv, retain_graph=True)
-            gv = torch.autograd.grad(z, theta, grad_outputs=h_jv, retain_graph=True,
-                                     allow_unused=True)
+            gv = torch.autograd.grad(z, theta, grad_outputs=h_jv, retain_graph=True, allow_unused=True)
             out += self.flatten(gv).detach()
         return out
 

@@ -77,8 +77,14 @@ class HessianOperator(ModelOperator):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         super().__init__(
-            model, loss_fn, data, params=params, batch_size=batch_size, bn_mode=bn_mode,
-            device=device, dtype=dtype,
+            model,
+            loss_fn,
+            data,
+            params=params,
+            batch_size=batch_size,
+            bn_mode=bn_mode,
+            device=device,
+            dtype=dtype,
         )
         self.backend = "double_backward" if backend == "auto" else backend
         if retain_graph is None:
@@ -109,8 +115,11 @@ class HessianOperator(ModelOperator):
             return [None] * len(theta)
         return list(
             torch.autograd.grad(
-                [gi for gi, _ in pairs], theta, grad_outputs=[vi for _, vi in pairs],
-                retain_graph=True, allow_unused=True,
+                [gi for gi, _ in pairs],
+                theta,
+                grad_outputs=[vi for _, vi in pairs],
+                retain_graph=True,
+                allow_unused=True,
             )
         )
 
@@ -131,7 +140,8 @@ class HessianOperator(ModelOperator):
                 raise RuntimeError(
                     "HessianOperator(backend='fwd_over_rev') cannot differentiate this loss (torch forward-mode "
                     "AD hits an immutable ZeroTensor, e.g. in F.mse_loss): use backend='double_backward' (the "
-                    "default) or write the loss without it, e.g. ((out - y) ** 2).mean()") from None
+                    "default) or write the loss without it, e.g. ((out - y) ** 2).mean()"
+                ) from None
         return hv
 
     # ---------------------------------------------------------------------------- matvec ---

@@ -58,8 +58,7 @@ class Krylov:
         """Add ``q`` to the basis, apply A, return the new residual norm beta (not yet stored)."""
         j = self.m
         if j == self.Q.shape[0]:
-            grown = torch.empty(min(2 * j, self.max_dim), self.op.n, dtype=self.Q.dtype,
-                                device=self.Q.device)
+            grown = torch.empty(min(2 * j, self.max_dim), self.op.n, dtype=self.Q.dtype, device=self.Q.device)
             grown[:j] = self.Q
             self.Q = grown
         self.Q[j] = self._q
@@ -79,9 +78,7 @@ class Krylov:
 
     def restart(self, generator: torch.Generator) -> None:
         """Invariant subspace found: continue from a fresh random vector orthogonal to Q."""
-        q = self._orthogonalize(
-            gaussian((self.op.n,), generator, self.op.dtype, self.op.device), self.m, True
-        )
+        q = self._orthogonalize(gaussian((self.op.n,), generator, self.op.dtype, self.op.device), self.m, True)
         self.betas.append(0.0)
         self._q = q / q.norm()
 

@@ -96,9 +96,7 @@ class PreconditionedOperator(LinearOperator):
     def __init__(self, op: LinearOperator, diag_p: torch.Tensor) -> None:
         super().__init__()
         if diag_p.shape != (op.n,):
-            raise ValueError(
-                f"diag_p must have shape ({op.n},) to match the operator, got {tuple(diag_p.shape)}"
-            )
+            raise ValueError(f"diag_p must have shape ({op.n},) to match the operator, got {tuple(diag_p.shape)}")
         if not bool(torch.isfinite(diag_p).all()) or not bool((diag_p > 0).all()):
             bad = float(diag_p[~(torch.isfinite(diag_p) & (diag_p > 0))][0])
             raise ValueError(f"diag_p must be finite and > 0 everywhere; found {bad}")
@@ -133,9 +131,7 @@ def adam_preconditioner(
         (n,) tensor on the parameters' device, in the state's dtype.
     """
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise TypeError(
-            f"adam_preconditioner needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}"
-        )
+        raise TypeError(f"adam_preconditioner needs torch.optim.Adam or AdamW, got {type(optimizer).__name__}")
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     pieces = []
     for i, p in enumerate(params):

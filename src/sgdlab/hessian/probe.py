@@ -54,9 +54,21 @@ def probe_subset(n_total: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def top_eigenvalues(
-    model, loss_fn, data, k: int = 1, tol: float = 1e-3, max_iter: int | None = None,
-    batch_size: int | None = None, bn_mode: str = "eval", seed: int = 0, params=None, *,
-    backend: str = "auto", device=None, dtype=None, return_eigenvectors: bool = False,
+    model,
+    loss_fn,
+    data,
+    k: int = 1,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    batch_size: int | None = None,
+    bn_mode: str = "eval",
+    seed: int = 0,
+    params=None,
+    *,
+    backend: str = "auto",
+    device=None,
+    dtype=None,
+    return_eigenvectors: bool = False,
 ) -> EigenResult:
     """Top-k Hessian eigenvalues (largest algebraic) of the mean loss over ``data`` by Lanczos.
 
@@ -65,25 +77,48 @@ def top_eigenvalues(
     ``max_iter`` caps matvecs (default ``min(n, max(100, 10k))``); ``params`` probes one block.
     """
     op = HessianOperator(
-        model, loss_fn, data, params=params, batch_size=batch_size, bn_mode=bn_mode,
-        backend=backend, device=device, dtype=dtype,
+        model,
+        loss_fn,
+        data,
+        params=params,
+        batch_size=batch_size,
+        bn_mode=bn_mode,
+        backend=backend,
+        device=device,
+        dtype=dtype,
     )
-    return lanczos(op, k, tol=tol, max_iter=max_iter, seed=seed,
-                   return_eigenvectors=return_eigenvectors)
+    return lanczos(op, k, tol=tol, max_iter=max_iter, seed=seed, return_eigenvectors=return_eigenvectors)
 
 
 def trace(
-    model, loss_fn, data, n_probes: int = 100, method: str = "hutchinson", seed: int = 0,
-    batch_size: int | None = None, bn_mode: str = "eval", params=None, *,
-    backend: str = "auto", device=None, dtype=None,
+    model,
+    loss_fn,
+    data,
+    n_probes: int = 100,
+    method: str = "hutchinson",
+    seed: int = 0,
+    batch_size: int | None = None,
+    bn_mode: str = "eval",
+    params=None,
+    *,
+    backend: str = "auto",
+    device=None,
+    dtype=None,
 ) -> TraceResult:
     """Hessian trace with standard error: Hutchinson (``n_probes`` probes) or Hutch++
     (``n_probes`` matvecs in total)."""
     if method not in TRACE_METHODS:
         raise ValueError(f"method must be one of {TRACE_METHODS}, got {method!r}")
     op = HessianOperator(
-        model, loss_fn, data, params=params, batch_size=batch_size, bn_mode=bn_mode,
-        backend=backend, device=device, dtype=dtype,
+        model,
+        loss_fn,
+        data,
+        params=params,
+        batch_size=batch_size,
+        bn_mode=bn_mode,
+        backend=backend,
+        device=device,
+        dtype=dtype,
     )
     if method == "hutchinson":
         return hutchinson(op, n_probes, seed=seed)
@@ -91,30 +126,68 @@ def trace(
 
 
 def spectral_density(
-    model, loss_fn, data, n_probes: int = 4, lanczos_steps: int = 80, seed: int = 0,
-    batch_size: int | None = None, bn_mode: str = "eval", params=None, *,
-    sigma: float | None = None, n_grid: int = 1000, backend: str = "auto", device=None,
+    model,
+    loss_fn,
+    data,
+    n_probes: int = 4,
+    lanczos_steps: int = 80,
+    seed: int = 0,
+    batch_size: int | None = None,
+    bn_mode: str = "eval",
+    params=None,
+    *,
+    sigma: float | None = None,
+    n_grid: int = 1000,
+    backend: str = "auto",
+    device=None,
     dtype=None,
 ) -> DensityResult:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019)."""
     op = HessianOperator(
-        model, loss_fn, data, params=params, batch_size=batch_size, bn_mode=bn_mode,
-        backend=backend, device=device, dtype=dtype,
+        model,
+        loss_fn,
+        data,
+        params=params,
+        batch_size=batch_size,
+        bn_mode=bn_mode,
+        backend=backend,
+        device=device,
+        dtype=dtype,
     )
     return slq(op, n_probes, lanczos_steps, sigma=sigma, n_grid=n_grid, seed=seed)
 
 
 def preconditioned_sharpness(
-    model, loss_fn, data, optimizer, k: int = 1, tol: float = 1e-3, max_iter: int | None = None,
-    batch_size: int | None = None, bn_mode: str = "eval", seed: int = 0, params=None, *,
-    eps: float | None = None, backend: str = "auto", device=None, dtype=None,
+    model,
+    loss_fn,
+    data,
+    optimizer,
+    k: int = 1,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    batch_size: int | None = None,
+    bn_mode: str = "eval",
+    seed: int = 0,
+    params=None,
+    *,
+    eps: float | None = None,
+    backend: str = "auto",
+    device=None,
+    dtype=None,
 ) -> EigenResult:
     """Top eigenvalues of ``P^{-1/2} H P^{-1/2}`` with ``P = sqrt(v_hat) + eps`` from the
     Adam/AdamW ``optimizer`` state (Cohen et al. 2022); compare with
     ``stability_threshold(optimizer)`` = ``(2 + 2 beta1) / ((1 - beta1) lr)``."""
     op = HessianOperator(
-        model, loss_fn, data, params=params, batch_size=batch_size, bn_mode=bn_mode,
-        backend=backend, device=device, dtype=dtype,
+        model,
+        loss_fn,
+        data,
+        params=params,
+        batch_size=batch_size,
+        bn_mode=bn_mode,
+        backend=backend,
+        device=device,
+        dtype=dtype,
     )
     pre = PreconditionedOperator(op, adam_preconditioner(optimizer, op.params, eps=eps))
     return lanczos(pre, k, tol=tol, max_iter=max_iter, seed=seed)
@@ -140,10 +213,22 @@ class SharpnessProbe:
     """
 
     def __init__(
-        self, loss_fn, data, every_k: int = 100, k_eigs: int = 1, tol: float = 1e-3,
-        n_trace_probes: int = 0, *, max_iter: int | None = None, trace_method: str = "hutchinson",
-        batch_size: int | None = None, bn_mode: str = "eval", params=None, backend: str = "auto",
-        seed: int = 0, precondition: bool = True,
+        self,
+        loss_fn,
+        data,
+        every_k: int = 100,
+        k_eigs: int = 1,
+        tol: float = 1e-3,
+        n_trace_probes: int = 0,
+        *,
+        max_iter: int | None = None,
+        trace_method: str = "hutchinson",
+        batch_size: int | None = None,
+        bn_mode: str = "eval",
+        params=None,
+        backend: str = "auto",
+        seed: int = 0,
+        precondition: bool = True,
     ) -> None:
         if isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1:
             raise ValueError(f"every_k must be a positive int, got {every_k!r}")
@@ -161,7 +246,10 @@ class SharpnessProbe:
         self.every_k, self.k_eigs, self.tol, self.max_iter = every_k, k_eigs, tol, max_iter
         self.n_trace_probes, self.trace_method = n_trace_probes, trace_method
         self.op_kw = {
-            "batch_size": batch_size, "bn_mode": bn_mode, "params": params, "backend": backend,
+            "batch_size": batch_size,
+            "bn_mode": bn_mode,
+            "params": params,
+            "backend": backend,
         }
         self.seed, self.precondition = seed, precondition
 
@@ -184,7 +272,8 @@ class SharpnessProbe:
             out[f"hessian/lambda_{i + 1}"] = float(res.eigenvalues[i])
         if self.n_trace_probes:
             est = (hutchinson if self.trace_method == "hutchinson" else hutchpp)(
-                op, self.n_trace_probes, seed=self.seed)
+                op, self.n_trace_probes, seed=self.seed
+            )
             out["hessian/trace"], out["hessian/trace_stderr"] = est.estimate, est.stderr
         info = optimizer_kind(optimizer) if optimizer is not None else None
         if info is not None:
@@ -192,8 +281,7 @@ class SharpnessProbe:
             has_state = all("exp_avg_sq" in optimizer.state.get(p, {}) for p in op.params)
             if info[0] == "adam" and self.precondition and has_state:
                 pre = PreconditionedOperator(op, adam_preconditioner(optimizer, op.params))
-                out["hessian/precond_lambda_max"] = float(
-                    lanczos(pre, 1, **lz).eigenvalues[0])
+                out["hessian/precond_lambda_max"] = float(lanczos(pre, 1, **lz).eigenvalues[0])
         elif optimizer is None and lr is not None:
             out["hessian/threshold"] = stability_threshold("gd", lr)
         out["hessian/n_matvecs"] = float(op.n_matvecs)

@@ -84,6 +84,10 @@ def slq(
     kernel = torch.exp(-0.5 * (diff / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
     density = kernel @ weights.reshape(-1)
     return DensityResult(
-        nodes=nodes, weights=weights, grid=grid, density=density, sigma=float(sigma),
+        nodes=nodes,
+        weights=weights,
+        grid=grid,
+        density=density,
+        sigma=float(sigma),
         n_matvecs=op.n_matvecs - start,
     )

@@ -42,8 +42,7 @@ def optimizer_kind(optimizer) -> tuple[str, float, float, float] | None:
     return None
 
 
-def stability_threshold(optimizer_name_or_kind, lr: float | None = None,
-                        beta1: float | None = None) -> float:
+def stability_threshold(optimizer_name_or_kind, lr: float | None = None, beta1: float | None = None) -> float:
     """Sharpness above which the optimizer is unstable on the local quadratic model.
 
     Args:

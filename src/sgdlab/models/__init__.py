@@ -50,8 +50,9 @@ def _shape_error(name: str, need: str, shape: tuple[int, ...]) -> ModelConfigErr
     return ModelConfigError(f"model {name!r} needs {need} input, dataset gives {tuple(shape)}")
 
 
-def _build_mlp(shape, out, *, widths: Sequence[int] = (512, 512), activation: str = "relu",
-               flatten: bool = True) -> nn.Module:
+def _build_mlp(
+    shape, out, *, widths: Sequence[int] = (512, 512), activation: str = "relu", flatten: bool = True
+) -> nn.Module:
     if not flatten and len(shape) != 1:
         raise _shape_error("mlp", "(D,) (or flatten=True)", shape)
     if any(int(w) < 1 for w in widths):
@@ -70,8 +71,7 @@ def _build_cnn(shape, out, *, width: float = 1.0) -> nn.Module:
     return CNN2C2D(tuple(shape), out, width)
 
 
-def _build_resnet(shape, out, *, depth: int = 20, width: float = 1.0,
-                  norm: str = "batch") -> nn.Module:
+def _build_resnet(shape, out, *, depth: int = 20, width: float = 1.0, norm: str = "batch") -> nn.Module:
     if len(shape) != 3:
         raise _shape_error("resnet", "(C,H,W)", shape)
     if not width > 0:
@@ -82,12 +82,19 @@ def _build_resnet(shape, out, *, depth: int = 20, width: float = 1.0,
         raise ModelConfigError(f"model 'resnet': {e}") from None
 
 
-def _build_two_layer(shape, out, *, width: int = 256, fixed_second_layer: bool = False,
-                     symmetric_init: bool = False, bias: bool = True, scale: str = "ntk",
-                     init_scale: float = 1.0) -> nn.Module:
+def _build_two_layer(
+    shape,
+    out,
+    *,
+    width: int = 256,
+    fixed_second_layer: bool = False,
+    symmetric_init: bool = False,
+    bias: bool = True,
+    scale: str = "ntk",
+    init_scale: float = 1.0,
+) -> nn.Module:
     try:
-        return TwoLayerReLU(math.prod(shape), out, width, fixed_second_layer, symmetric_init, bias,
-                            scale, init_scale)
+        return TwoLayerReLU(math.prod(shape), out, width, fixed_second_layer, symmetric_init, bias, scale, init_scale)
     except ValueError as e:
         raise ModelConfigError(f"model 'two_layer_relu': {e}") from None
 
@@ -168,14 +175,13 @@ def build_model(
     allowed = model_kwargs(name)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ModelConfigError(
-            f"model {name!r}: unknown kwarg(s) {unknown}; allowed: {sorted(allowed)}"
-        )
+        raise ModelConfigError(f"model {name!r}: unknown kwarg(s) {unknown}; allowed: {sorted(allowed)}")
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ModelConfigError(
             f"model {name!r}: input_shape={tuple(input_shape)} must be non-empty with every size"
-            " >= 1 (shape of one sample, no batch dim)")
+            " >= 1 (shape of one sample, no batch dim)"
+        )
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
         raise ModelConfigError(f"model {name!r}: num_outputs={num_outputs!r} must be an int >= 1")
     if seed is None:

@@ -16,9 +16,7 @@ def activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(
-            f"activation {name!r} is not supported; allowed: {sorted(_ACTIVATIONS)}"
-        ) from None
+        raise ValueError(f"activation {name!r} is not supported; allowed: {sorted(_ACTIVATIONS)}") from None
 
 
 class MLP(nn.Module):
@@ -72,9 +70,7 @@ class TwoLayerReLU(nn.Module):
     ) -> None:
         super().__init__()
         if width < 1 or (symmetric_init and width % 2):
-            raise ValueError(
-                f"width={width} must be >= 1{' and even with symmetric_init=True' * symmetric_init}"
-            )
+            raise ValueError(f"width={width} must be >= 1{' and even with symmetric_init=True' * symmetric_init}")
         if scale not in ("ntk", "mf"):
             raise ValueError(f"scale={scale!r} is not supported; allowed: ['mf', 'ntk']")
         self.flatten = nn.Flatten()

@@ -90,9 +90,7 @@ class HParam:
         if value is None:
             if self.optional:
                 return None
-            raise OptimizerConfigError(
-                f"{where} = None is not allowed (expected {self.kind.__name__})"
-            )
+            raise OptimizerConfigError(f"{where} = None is not allowed (expected {self.kind.__name__})")
         value = self._coerce(value, where)
         if self.choices and value not in self.choices:
             raise OptimizerConfigError(f"{where} = {value!r} is not one of {list(self.choices)}")
@@ -107,9 +105,7 @@ class HParam:
 
     def _coerce(self, value: Any, where: str) -> Any:
         kind = self.kind
-        bad = OptimizerConfigError(
-            f"{where} = {value!r} has type {type(value).__name__}, expected {kind.__name__}"
-        )
+        bad = OptimizerConfigError(f"{where} = {value!r} has type {type(value).__name__}, expected {kind.__name__}")
         if kind is bool:
             if not isinstance(value, bool):
                 raise bad
@@ -228,9 +224,7 @@ def resolve_hparams(name: str, hparams: Mapping | None = None) -> dict:
     accepted = [h.name for h in spec.hparams]
     unknown = [k for k in hparams if k not in accepted]
     if unknown:
-        raise OptimizerConfigError(
-            f"optimizer {name!r}: unknown hparam(s) {unknown}; accepted: {accepted}"
-        )
+        raise OptimizerConfigError(f"optimizer {name!r}: unknown hparam(s) {unknown}; accepted: {accepted}")
     out = {}
     for h in spec.hparams:
         out[h.name] = h.validate(hparams.get(h.name, h.default), name)

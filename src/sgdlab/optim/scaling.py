@@ -107,9 +107,7 @@ def _div(x: Fraction, y: Fraction | Decimal) -> float:
 
 def _int(q: Fraction, what: str, rule: str) -> int:
     if q.denominator != 1:
-        raise ScalingError(
-            f"{rule}: {what} = {float(q)!r} is not an integer; choose kappa/l so it is"
-        )
+        raise ScalingError(f"{rule}: {what} = {float(q)!r} is not an integer; choose kappa/l so it is")
     return int(q)
 
 
@@ -122,9 +120,7 @@ def _kappa(kappa, rule: str) -> Fraction:
 
 def _check_opt(s: OptimSetting, allowed: tuple[str, ...], rule: str) -> dict:
     if s.optimizer not in allowed:
-        raise ScalingError(
-            f"{rule} does not apply to optimizer {s.optimizer!r}; it covers {list(allowed)}"
-        )
+        raise ScalingError(f"{rule} does not apply to optimizer {s.optimizer!r}; it covers {list(allowed)}")
     return resolve_hparams(s.optimizer, s.hparams)
 
 

@@ -23,9 +23,7 @@ _SeededAdaHessian = exact_load(seeded(po.AdaHessian))
 
 
 def seed_hp() -> HParam:
-    return HParam(
-        "seed", 0, "seed of the optimizer's private RNG (saved in state_dict)", int, "nonnegint"
-    )
+    return HParam("seed", 0, "seed of the optimizer's private RNG (saved in state_dict)", int, "nonnegint")
 
 
 def decouple(default: bool) -> HParam:
@@ -145,9 +143,7 @@ register(
                 "prob",
                 optional=True,
             ),
-            HParam(
-                "max_size_triangular", 8192, "max dim for a dense triangular factor", int, "posint"
-            ),
+            HParam("max_size_triangular", 8192, "max dim for a dense triangular factor", int, "posint"),
             HParam("balance_prob", 0.01, "probability of rebalancing factors", float, "prob"),
             seed_hp(),
         ],
@@ -236,9 +232,7 @@ register(
             ),
             wd(0.01, "decoupled weight decay"),
             HParam("precondition_frequency", 10, "steps between eigenbasis updates", int, "posint"),
-            HParam(
-                "max_precondition_dim", 10000, "larger dims are not preconditioned", int, "posint"
-            ),
+            HParam("max_precondition_dim", 10000, "larger dims are not preconditioned", int, "posint"),
             HParam("precondition_1d", False, "also precondition 1-D params", bool),
             eps(1e-8),
         ],
@@ -256,9 +250,7 @@ register(
             lr(1e-3),
             HParam("momentum", 0.0, "momentum", float, "unit"),
             wd(),
-            HParam(
-                "preconditioning_compute_steps", 1, "steps between inverse roots", int, "posint"
-            ),
+            HParam("preconditioning_compute_steps", 1, "steps between inverse roots", int, "posint"),
             HParam("matrix_eps", 1e-6, "ridge added to the factors", float, "positive"),
         ],
     ),

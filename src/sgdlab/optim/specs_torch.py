@@ -349,8 +349,13 @@ register(
             HParam("adamw_betas", (0.9, 0.999), "AdamW betas", tuple, "betas", length=2),
             HParam("adamw_eps", 1e-8, "AdamW eps", float, "positive"),
             HParam("adamw_weight_decay", 0.0, "AdamW decoupled weight decay", float, "nonneg"),
-            HParam("io_to_adamw", True, "first and last 2-D weight matrices (input layer, output head) to "
-                   "AdamW, as in Jordan et al.'s recipe (Muon is for hidden layers)", bool),
+            HParam(
+                "io_to_adamw",
+                True,
+                "first and last 2-D weight matrices (input layer, output head) to "
+                "AdamW, as in Jordan et al.'s recipe (Muon is for hidden layers)",
+                bool,
+            ),
         ),
     ),
     _build_muon,

@@ -76,10 +76,7 @@ class Quadratic(nn.Module):
         self.register_buffer("c", 0.5 + 1.5 * torch.rand(5, **kw))
 
     def forward(self) -> torch.Tensor:
-        return 0.5 * (
-            (self.a * (self.W - self.W_star) ** 2).sum()
-            + (self.c * (self.b - self.b_star) ** 2).sum()
-        )
+        return 0.5 * ((self.a * (self.W - self.W_star) ** 2).sum() + (self.c * (self.b - self.b_star) ** 2).sum())
 
 
 def mlp_problem(seed: int = 0, n: int = 64) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -117,9 +114,7 @@ def drive(
         optimizer.train()
     losses = []
     for _ in range(steps):
-        draws = [
-            torch.randint(0, 2**31 - 1, (1,), generator=generator).item() for _ in range(n_batches)
-        ]
+        draws = [torch.randint(0, 2**31 - 1, (1,), generator=generator).item() for _ in range(n_batches)]
         closure = _closure(optimizer, loss_fn, draws, spec.create_graph)
         losses.append(float(optimizer.step(closure)))
     if spec.train_eval:

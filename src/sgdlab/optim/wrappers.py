@@ -35,9 +35,7 @@ class PrivateRNGMixin:
         self._private_rng = torch.Generator().manual_seed(int(seed))
 
     def _cuda_devices(self) -> list[int]:
-        return sorted(
-            {p.device.index or 0 for g in self.param_groups for p in g["params"] if p.is_cuda}
-        )
+        return sorted({p.device.index or 0 for g in self.param_groups for p in g["params"] if p.is_cuda})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,12 +106,7 @@ class ExactLoadMixin:
             st = self.state[p]
             for k, v in saved.items():
                 cur = st.get(k)
-                if (
-                    torch.is_tensor(v)
-                    and torch.is_tensor(cur)
-                    and v.is_floating_point()
-                    and cur.dtype != v.dtype
-                ):
+                if torch.is_tensor(v) and torch.is_tensor(cur) and v.is_floating_point() and cur.dtype != v.dtype:
                     st[k] = cur.to(v.dtype)
 
 

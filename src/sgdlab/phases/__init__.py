@@ -79,7 +79,8 @@ class SectionView:
             raise UndeclaredSectionError(
                 f"phase {self._phase!r} reads params section {name!r} but does not declare it in "
                 f"sgdlab.phases.PHASES (declared: {', '.join(sorted(self._allowed))}); declare it and regenerate "
-                "dvc.yaml (`sgdlab dvc-yaml --write`)")
+                "dvc.yaml (`sgdlab dvc-yaml --write`)"
+            )
         return getattr(self._cfg, name)
 
     @property
@@ -126,24 +127,59 @@ class Phase:
         return self.lib.finish(study, plan, outcomes, ctx)
 
 
-PHASES: dict[str, Phase] = {p.name: p for p in (
-    Phase("prepare", "datasets from local sources/generators -> Parquet", ("study", "data"), (),
-          "sgdlab.phases.prepare", "sgdlab prepare"),
-    Phase("sweep", "train the grid of optimizers x lrs x batch sizes x seeds x models (+ variants)",
-          ("study", "data", "train", "sweep", "probe"), ("prepare.processed",), "sgdlab.phases.sweep", "sgdlab sweep"),
-    Phase("probe", "Hessian of every finished run at its final checkpoint",
-          ("study", "data", "train", "probe"), ("prepare.processed", "sweep.models", "sweep.runs"),
-          "sgdlab.phases.probe", "sgdlab probe"),
-    Phase("gan", "class-conditional GAN on the training part -> labelled synthetic set",
-          ("study", "data", "train", "gan"), ("prepare.processed",), "sgdlab.phases.gan", "sgdlab gan train"),
-    Phase("predict", "every predictor of test error and generalization measure, scored",
-          ("study", "data", "train", "probe", "predict"),
-          ("prepare.processed", "sweep.models", "sweep.runs", "probe.probe", "gan.synthetic"),
-          "sgdlab.phases.predict", "sgdlab predict"),
-    Phase("report", "figures and one HTML page from the phase tables and MLflow curves", ("study",),
-          ("sweep.runs", "probe.probe", "probe.densities", "predict.predictions", "predict.scores", "gan.samples"),
-          "sgdlab.phases.report", "sgdlab report"),
-)}
+PHASES: dict[str, Phase] = {
+    p.name: p
+    for p in (
+        Phase(
+            "prepare",
+            "datasets from local sources/generators -> Parquet",
+            ("study", "data"),
+            (),
+            "sgdlab.phases.prepare",
+            "sgdlab prepare",
+        ),
+        Phase(
+            "sweep",
+            "train the grid of optimizers x lrs x batch sizes x seeds x models (+ variants)",
+            ("study", "data", "train", "sweep", "probe"),
+            ("prepare.processed",),
+            "sgdlab.phases.sweep",
+            "sgdlab sweep",
+        ),
+        Phase(
+            "probe",
+            "Hessian of every finished run at its final checkpoint",
+            ("study", "data", "train", "probe"),
+            ("prepare.processed", "sweep.models", "sweep.runs"),
+            "sgdlab.phases.probe",
+            "sgdlab probe",
+        ),
+        Phase(
+            "gan",
+            "class-conditional GAN on the training part -> labelled synthetic set",
+            ("study", "data", "train", "gan"),
+            ("prepare.processed",),
+            "sgdlab.phases.gan",
+            "sgdlab gan train",
+        ),
+        Phase(
+            "predict",
+            "every predictor of test error and generalization measure, scored",
+            ("study", "data", "train", "probe", "predict"),
+            ("prepare.processed", "sweep.models", "sweep.runs", "probe.probe", "gan.synthetic"),
+            "sgdlab.phases.predict",
+            "sgdlab predict",
+        ),
+        Phase(
+            "report",
+            "figures and one HTML page from the phase tables and MLflow curves",
+            ("study",),
+            ("sweep.runs", "probe.probe", "probe.densities", "predict.predictions", "predict.scores", "gan.samples"),
+            "sgdlab.phases.report",
+            "sgdlab report",
+        ),
+    )
+}
 
 
 def get_phase(name: str) -> Phase:

@@ -28,8 +28,11 @@ REPO = Path(__file__).resolve().parents[3]
 ROOTS = {"sgdlab": REPO / "src" / "sgdlab", "flows": REPO / "flows", "tasks": REPO / "tasks"}
 # What every stage runs through besides its own library module (the CLI command -> the phase flow -> the task).
 COMMON_ENTRY = ("sgdlab.cli", "flows.phases", "tasks.phase")
-DVC_ROOTS = {"models": "${study.models_dir}/${study.name}", "results": "${study.results_dir}/${study.name}",
-             "data": "${data.root}"}
+DVC_ROOTS = {
+    "models": "${study.models_dir}/${study.name}",
+    "results": "${study.results_dir}/${study.name}",
+    "data": "${data.root}",
+}
 
 
 def module_file(name: str) -> Path | None:
@@ -90,6 +93,7 @@ def import_closure(entries: tuple[str, ...], follow_cli: bool = False) -> set[Pa
 
 def _collapse(files: set[Path]) -> list[str]:
     """Repo-relative paths; a package directory stands for its files when all of them are in the set."""
+
     def all_py(d: Path) -> set[Path]:
         return {p for p in d.rglob("*.py") if "__pycache__" not in p.parts}
 
@@ -112,8 +116,7 @@ def stage(phase: Phase) -> dict:
     """The ``dvc.yaml`` stage of ``phase``."""
     code = _collapse(import_closure((phase.module, *COMMON_ENTRY)))
     inputs = [_dvc_path(OUTPUTS[p][n].path) for p, n in (i.split(".") for i in phase.inputs)]
-    st: dict = {"cmd": phase.cmd, "deps": inputs + code,
-                "params": [*phase.sections, "profile", "profiles"]}
+    st: dict = {"cmd": phase.cmd, "deps": inputs + code, "params": [*phase.sections, "profile", "profiles"]}
     for kind in ("outs", "metrics", "plots"):
         entries = []
         for o in OUTPUTS[phase.name].values():

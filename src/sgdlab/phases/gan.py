@@ -28,8 +28,12 @@ def gan_config(study: Study):
 def plan(study: Study) -> Plan:
     gan_config(study)  # an unknown profile or GAN setting names the key before any compute
     data = study.data_spec()
-    return Plan([Unit("gan", {})], params=tracking.flatten({"gan": study.cfg.gan.model_dump()}),
-                data_hash=data.data_hash, extra={"data": data.to_dict()})
+    return Plan(
+        [Unit("gan", {})],
+        params=tracking.flatten({"gan": study.cfg.gan.model_dump()}),
+        data_hash=data.data_hash,
+        extra={"data": data.to_dict()},
+    )
 
 
 def unit(study: Study, payload: dict, ctx: dict) -> dict:
@@ -39,15 +43,32 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
     splits = study.load()
     run_id = ctx["parent_run_id"]
     with tracking.MetricBuffer(run_id) as buf:
-        out = train_and_sample(splits.x_train, splits.y_train, splits.num_outputs, splits.data_hash,
-                               gan_config(study), study.outputs("gan"), n_per_class=g.n_per_class, seed=g.seed,
-                               x_ref=splits.x_val, y_ref=splits.y_val, range_=data_range(splits),
-                               frechet_steps=g.frechet_steps, class_names=CLASS_NAMES.get(splits.name),
-                               metric_sink=buf,
-                               # the test split only for the Frechet diagnostic, after the GAN is trained
-                               diagnostics={"test": (splits.x_test, splits.y_test)})
-        buf({k.replace("frechet_", "gan/frechet_"): v for k, v in out.items()
-             if k.startswith("frechet") and isinstance(v, float)}, 0)
+        out = train_and_sample(
+            splits.x_train,
+            splits.y_train,
+            splits.num_outputs,
+            splits.data_hash,
+            gan_config(study),
+            study.outputs("gan"),
+            n_per_class=g.n_per_class,
+            seed=g.seed,
+            x_ref=splits.x_val,
+            y_ref=splits.y_val,
+            range_=data_range(splits),
+            frechet_steps=g.frechet_steps,
+            class_names=CLASS_NAMES.get(splits.name),
+            metric_sink=buf,
+            # the test split only for the Frechet diagnostic, after the GAN is trained
+            diagnostics={"test": (splits.x_test, splits.y_test)},
+        )
+        buf(
+            {
+                k.replace("frechet_", "gan/frechet_"): v
+                for k, v in out.items()
+                if k.startswith("frechet") and isinstance(v, float)
+            },
+            0,
+        )
         buf({"gan/wall_time_s": out["wall_time_s"]}, 0)
     tracking.set_tags(run_id, {"generator_hash": out["generator_hash"], "data_hash": splits.data_hash})
     for key in ("grid", "checkpoint"):

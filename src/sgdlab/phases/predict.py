@@ -22,8 +22,12 @@ def plan(study: Study) -> Plan:
         raise FileNotFoundError(f"{synthetic}: no synthetic set; run the gan phase first (`sgdlab gan train`)")
     runs = study.finished_runs()
     data_hash = runs[0].spec.data_hash if runs else ""
-    return Plan([Unit("predict", {})], data_hash=data_hash, extra={"runs": runs},
-                params=tracking.flatten({"predict": study.cfg.predict.model_dump()}))
+    return Plan(
+        [Unit("predict", {})],
+        data_hash=data_hash,
+        extra={"runs": runs},
+        params=tracking.flatten({"predict": study.cfg.predict.model_dump()}),
+    )
 
 
 def unit(study: Study, payload: dict, ctx: dict) -> dict:
@@ -35,12 +39,19 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
     probe_path = study.path("probe", "probe")
     probe_rows = {r["run_key"]: r for r in results.read_table(probe_path)} if probe_path.is_file() else {}
     splits = study.load(replace(runs[0].spec.data, train_fraction=1.0))
-    x_syn, y_syn, _ = load_synthetic(study.path("gan", "synthetic"), splits.data_hash, splits.x_train.device,
-                                     force=study.cfg.predict.force)
+    x_syn, y_syn, _ = load_synthetic(
+        study.path("gan", "synthetic"), splits.data_hash, splits.x_train.device, force=study.cfg.predict.force
+    )
     p = study.cfg.probe
-    rows = predict_population([(r.spec, r.checkpoint, r.row) for r in runs], splits, x_syn, y_syn,
-                              probe_rows=probe_rows, flatness=study.cfg.predict.flatness.model_dump(),
-                              hessian={"subset_size": p.subset_size, "tol": p.tol, "trace_probes": p.trace_probes})
+    rows = predict_population(
+        [(r.spec, r.checkpoint, r.row) for r in runs],
+        splits,
+        x_syn,
+        y_syn,
+        probe_rows=probe_rows,
+        flatness=study.cfg.predict.flatness.model_dump(),
+        hessian={"subset_size": p.subset_size, "tol": p.tol, "trace_probes": p.trace_probes},
+    )
     return {"rows": rows, "scores": score_predictors(rows) if len(rows) >= 2 else []}
 
 
@@ -50,21 +61,37 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
     run = ctx["parent_run_id"]
     pred_path = results.write_table(out["rows"], study.path("predict", "predictions"))
     scores_path = results.write_table(out["scores"], study.path("predict", "scores"))
-    metrics = {f"{s['predictor']}/{k}": s[k] for s in out["scores"] for k in ("mae", "kendall_tau", "psi", "pgdl")
-               if s.get(k) is not None}
+    metrics = {
+        f"{s['predictor']}/{k}": s[k]
+        for s in out["scores"]
+        for k in ("mae", "kendall_tau", "psi", "pgdl")
+        if s.get(k) is not None
+    }
     study.path("predict", "scores_json").write_text(json.dumps(metrics, indent=2))
     tracking.log_metrics(run, {f"predict/{k}": v for k, v in metrics.items()})
     for p in (pred_path, scores_path):
         tracking.log_artifact(run, p)
     run_ids = {r.row["run_key"]: r.row["mlflow_run_id"] for r in plan.extra["runs"]}
     for r in out["rows"]:  # each classifier's own MLflow run gets its predictions
-        tracking.log_metrics(run_ids[r["run_key"]], {k: v for k, v in r.items()
-                                                     if k.startswith(("pred/", "measure/", "true/")) and v is not None})
+        tracking.log_metrics(
+            run_ids[r["run_key"]],
+            {k: v for k, v in r.items() if k.startswith(("pred/", "measure/", "true/")) and v is not None},
+        )
     artifacts = []
     if out["scores"]:
-        artifacts.append({"kind": "table", "key": "predictor-scores",
-                          "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
-                                    for s in out["scores"]],
-                          "description": "Test-error predictors scored over the population of classifiers."})
-    return {"predictions": str(pred_path), "scores": out["scores"], "n_models": len(out["rows"]),
-            "artifacts": artifacts}
+        artifacts.append(
+            {
+                "kind": "table",
+                "key": "predictor-scores",
+                "table": [
+                    {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for s in out["scores"]
+                ],
+                "description": "Test-error predictors scored over the population of classifiers.",
+            }
+        )
+    return {
+        "predictions": str(pred_path),
+        "scores": out["scores"],
+        "n_models": len(out["rows"]),
+        "artifacts": artifacts,
+    }

@@ -23,10 +23,18 @@ from sgdlab.sweep import RunSpec
 
 def plan(study: Study) -> Plan:
     runs = study.finished_runs()  # a missing runs table names itself and says to run the sweep
-    units = [Unit(r.spec.label, {"spec": r.spec.to_dict(), "checkpoint": r.row["checkpoint"],
-                                 "mlflow_run_id": r.row["mlflow_run_id"]}) for r in runs]
-    return Plan(units, params=tracking.flatten({"probe": study.cfg.probe.model_dump()}),
-                data_hash=runs[0].spec.data_hash if runs else "")
+    units = [
+        Unit(
+            r.spec.label,
+            {"spec": r.spec.to_dict(), "checkpoint": r.row["checkpoint"], "mlflow_run_id": r.row["mlflow_run_id"]},
+        )
+        for r in runs
+    ]
+    return Plan(
+        units,
+        params=tracking.flatten({"probe": study.cfg.probe.model_dump()}),
+        data_hash=runs[0].spec.data_hash if runs else "",
+    )
 
 
 def _sha(path) -> str:
@@ -66,5 +74,9 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
     tracking.log_metrics(ctx["parent_run_id"], {"probe/runs": len(done)})
     tracking.log_artifact(ctx["parent_run_id"], probe_table)
     raise_failures("probe", outcomes)
-    return {"runs_table": str(study.path("sweep", "runs")), "probe_table": str(probe_table), "probed": len(done),
-            "metrics": metrics}
+    return {
+        "runs_table": str(study.path("sweep", "runs")),
+        "probe_table": str(probe_table),
+        "probed": len(done),
+        "metrics": metrics,
+    }

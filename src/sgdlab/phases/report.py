@@ -9,8 +9,14 @@ from sgdlab import results, tracking
 from sgdlab.phases import Outcome, Plan, Unit, raise_failures
 from sgdlab.study import Study
 
-CURVE_METRICS = ("train/loss", "test/acc", "hessian/lambda_max", "hessian/threshold", "hessian/precond_lambda_max",
-                 "hessian/converged")
+CURVE_METRICS = (
+    "train/loss",
+    "test/acc",
+    "hessian/lambda_max",
+    "hessian/threshold",
+    "hessian/precond_lambda_max",
+    "hessian/converged",
+)
 
 
 def plan(study: Study) -> Plan:
@@ -34,10 +40,18 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
     rows = results.load_runs(study.results_dir)
     grid = study.path("gan", "samples")
     datasets = sorted({str(r.get("dataset")) for r in rows})
-    notes = [f"profile: {study.cfg.profile or '(none)'}; dataset: {', '.join(datasets)}; {len(rows)} runs",
-             f"MLflow experiment: {study.experiment_name} (browse with `sgdlab ui`)"]
-    res = build_report(study.results_dir, study.path("report", "html").parent, study=study.name,
-                       curves=fetch_curves(rows), gan_grid=grid if grid.is_file() else None, notes=notes)
+    notes = [
+        f"profile: {study.cfg.profile or '(none)'}; dataset: {', '.join(datasets)}; {len(rows)} runs",
+        f"MLflow experiment: {study.experiment_name} (browse with `sgdlab ui`)",
+    ]
+    res = build_report(
+        study.results_dir,
+        study.path("report", "html").parent,
+        study=study.name,
+        curves=fetch_curves(rows),
+        gan_grid=grid if grid.is_file() else None,
+        notes=notes,
+    )
     return {"html": str(res.html), "figures": [str(f) for f in res.figures], "skipped": [list(s) for s in res.skipped]}
 
 
@@ -46,8 +60,22 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
     out = outcomes[0].value
     for f in [out["html"], *out["figures"]]:
         tracking.log_artifact(ctx["parent_run_id"], f, "report")
-    lines = [f"# sgdlab report: {study.name}", "", f"HTML: `{out['html']}`", "",
-             *[f"- figure: `{Path(f).name}`" for f in out["figures"]],
-             *[f"- skipped {name}: {why}" for name, why in out["skipped"]]]
-    return {**out, "artifacts": [{"kind": "markdown", "key": "study-report", "markdown": "\n".join(lines),
-                                  "description": "sgdlab study report"}]}
+    lines = [
+        f"# sgdlab report: {study.name}",
+        "",
+        f"HTML: `{out['html']}`",
+        "",
+        *[f"- figure: `{Path(f).name}`" for f in out["figures"]],
+        *[f"- skipped {name}: {why}" for name, why in out["skipped"]],
+    ]
+    return {
+        **out,
+        "artifacts": [
+            {
+                "kind": "markdown",
+                "key": "study-report",
+                "markdown": "\n".join(lines),
+                "description": "sgdlab study report",
+            }
+        ],
+    }

@@ -28,8 +28,9 @@ def _placeholder(path: Path, title: str, reason: str) -> Path:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 1.6))
-    fig.text(0.5, 0.5, f"{title}: skipped\n" + textwrap.fill(reason, 90), ha="center", va="center", fontsize=8,
-             color="0.35")
+    fig.text(
+        0.5, 0.5, f"{title}: skipped\n" + textwrap.fill(reason, 90), ha="center", va="center", fontsize=8, color="0.35"
+    )
     return save_png(fig, path)
 
 
@@ -48,41 +49,73 @@ class ReportResult:
 
 # (number, file stem, title, caption)
 FIGURES = [
-    (1, REPORT_FIGURES[0], "Training curves per optimizer",
-     "Train loss (log scale) and test accuracy vs optimizer step, one row per optimizer and one colour per "
-     "(learning rate, batch size, variant) group: the line is the mean over finished seeds, the band ±1 std "
-     "(≥3 seeds) or min–max (2 seeds). Diverged or failed runs are dashed and end in a cross; a blow-up "
-     "leaves the top of the loss axis, which is scaled to the finished runs."),
-    (2, REPORT_FIGURES[1], "Edge of Stability",
-     "Sharpness λ_max of the training loss during training (lowest seed of each group) and the stability "
-     "threshold of the run's optimizer at its learning rate as a dashed line of the same colour (2/η for "
-     "GD/SGD; momentum forms for heavy ball/Nesterov). For Adam/AdamW the preconditioned sharpness is drawn "
-     "against (2+2β1)/((1−β1)η) when it was logged (Cohen et al. 2021; 2022)."),
-    (3, REPORT_FIGURES[2], "Hessian spectral density",
-     "Spectral density of the training-loss Hessian at the final checkpoint by stochastic Lanczos quadrature "
-     "(log density, Gaussian-smoothed) for a few runs: one seed per group, every optimizer before a second "
-     "group of the same optimizer."),
-    (4, REPORT_FIGURES[3], "Predicted vs true test error",
-     "Each point is one classifier: its predicted test error (GAN synthetic test set, validation set, or other "
-     "predictors) against its true test error. Points on the dashed y = x line are exact predictions. MAE (in "
-     "percentage points) and signed Kendall τ are computed from the points shown."),
-    (5, REPORT_FIGURES[4], "Generalization measures vs generalization gap",
-     "One panel per generalization measure (higher means predicted worse generalization), against the "
-     "generalization gap (test − train error on each run's own training data, percentage points), points "
-     "coloured by optimizer; signed Kendall τ between the measure and the gap in each title (τ > 0 is the "
-     "right direction; Jiang et al. 2020 rank measures against the gap)."),
-    (6, REPORT_FIGURES[5], "Final test accuracy per group",
-     "Final test accuracy per (optimizer, learning rate, batch size, variant) group: mean ± std over finished "
-     "seeds; diverged/failed runs are counted next to the bar, not averaged."),
-    (7, "fig7_gan_samples", "GAN samples",
-     "Samples of the class-conditional GAN used as the synthetic test set (one row per class, as given by the "
-     "GAN phase)."),
-    (8, REPORT_FIGURES[6], "Scaling rules and SVAG on one axis",
-     "For a base run with scaling-rule or SVAG variants: train loss against epochs (steps × batch size / the "
-     "run's training examples) and against SDE time (steps × η for SGD-type runs, steps × η² for Adam/RMSprop-"
-     "type runs; η the per-step lr, lr/l for SVAG). The linear (SGD) and square-root (Adam) rules keep epochs "
-     "and SDE time, SVAG keeps SDE time: the rule holds where the curves coincide (Goyal et al. 2017; Li, "
-     "Malladi, Arora 2021; Malladi et al. 2022)."),
+    (
+        1,
+        REPORT_FIGURES[0],
+        "Training curves per optimizer",
+        "Train loss (log scale) and test accuracy vs optimizer step, one row per optimizer and one colour per "
+        "(learning rate, batch size, variant) group: the line is the mean over finished seeds, the band ±1 std "
+        "(≥3 seeds) or min–max (2 seeds). Diverged or failed runs are dashed and end in a cross; a blow-up "
+        "leaves the top of the loss axis, which is scaled to the finished runs.",
+    ),
+    (
+        2,
+        REPORT_FIGURES[1],
+        "Edge of Stability",
+        "Sharpness λ_max of the training loss during training (lowest seed of each group) and the stability "
+        "threshold of the run's optimizer at its learning rate as a dashed line of the same colour (2/η for "
+        "GD/SGD; momentum forms for heavy ball/Nesterov). For Adam/AdamW the preconditioned sharpness is drawn "
+        "against (2+2β1)/((1−β1)η) when it was logged (Cohen et al. 2021; 2022).",
+    ),
+    (
+        3,
+        REPORT_FIGURES[2],
+        "Hessian spectral density",
+        "Spectral density of the training-loss Hessian at the final checkpoint by stochastic Lanczos quadrature "
+        "(log density, Gaussian-smoothed) for a few runs: one seed per group, every optimizer before a second "
+        "group of the same optimizer.",
+    ),
+    (
+        4,
+        REPORT_FIGURES[3],
+        "Predicted vs true test error",
+        "Each point is one classifier: its predicted test error (GAN synthetic test set, validation set, or other "
+        "predictors) against its true test error. Points on the dashed y = x line are exact predictions. MAE (in "
+        "percentage points) and signed Kendall τ are computed from the points shown.",
+    ),
+    (
+        5,
+        REPORT_FIGURES[4],
+        "Generalization measures vs generalization gap",
+        "One panel per generalization measure (higher means predicted worse generalization), against the "
+        "generalization gap (test − train error on each run's own training data, percentage points), points "
+        "coloured by optimizer; signed Kendall τ between the measure and the gap in each title (τ > 0 is the "
+        "right direction; Jiang et al. 2020 rank measures against the gap).",
+    ),
+    (
+        6,
+        REPORT_FIGURES[5],
+        "Final test accuracy per group",
+        "Final test accuracy per (optimizer, learning rate, batch size, variant) group: mean ± std over finished "
+        "seeds; diverged/failed runs are counted next to the bar, not averaged.",
+    ),
+    (
+        7,
+        "fig7_gan_samples",
+        "GAN samples",
+        "Samples of the class-conditional GAN used as the synthetic test set (one row per class, as given by the "
+        "GAN phase).",
+    ),
+    (
+        8,
+        REPORT_FIGURES[6],
+        "Scaling rules and SVAG on one axis",
+        "For a base run with scaling-rule or SVAG variants: train loss against epochs (steps × batch size / the "
+        "run's training examples) and against SDE time (steps × η for SGD-type runs, steps × η² for Adam/RMSprop-"
+        "type runs; η the per-step lr, lr/l for SVAG). The linear (SGD) and square-root (Adam) rules keep epochs "
+        "and SDE time, SVAG keeps SDE time: the rule holds where the curves coincide (Goyal et al. 2017; Li, "
+        "Malladi, Arora 2021; Malladi et al. 2022).",
+    ),
 ]
 
 CAVEATS = [
@@ -134,15 +167,24 @@ def _overview(data: StudyData) -> list[str]:
         groups[group_key(r)] = groups.get(group_key(r), 0) + 1
     seeds = sorted(set(groups.values()))
     opts = sorted({str(r.get("optimizer")) for r in runs})
-    return [f"{len(runs)} runs ({n['finished']} finished, {n['diverged']} diverged, {n['failed']} failed)",
-            f"in {len(groups)} groups of {seeds[0]}–{seeds[-1]} seeds" if len(seeds) > 1
-            else f"in {len(groups)} groups of {seeds[0]} seed(s)",
-            f"over {len(opts)} optimizers ({', '.join(opts)})."]
+    return [
+        f"{len(runs)} runs ({n['finished']} finished, {n['diverged']} diverged, {n['failed']} failed)",
+        f"in {len(groups)} groups of {seeds[0]}–{seeds[-1]} seeds"
+        if len(seeds) > 1
+        else f"in {len(groups)} groups of {seeds[0]} seed(s)",
+        f"over {len(opts)} optimizers ({', '.join(opts)}).",
+    ]
 
 
-def build_report(results_dir: Path, out_dir: Path, *, study: str,
-                 curves: dict[str, dict[str, list[tuple[int, float]]]],
-                 gan_grid: Path | None = None, notes: list[str] | None = None) -> ReportResult:
+def build_report(
+    results_dir: Path,
+    out_dir: Path,
+    *,
+    study: str,
+    curves: dict[str, dict[str, list[tuple[int, float]]]],
+    gan_grid: Path | None = None,
+    notes: list[str] | None = None,
+) -> ReportResult:
     """Write the study report into ``out_dir``: PNG figures and ``report.html`` (self-contained).
 
     Args:
@@ -176,8 +218,11 @@ def build_report(results_dir: Path, out_dir: Path, *, study: str,
     makers: dict[int, Callable[[Path], tuple[Path | None, str | None]]] = {
         1: lambda p: _figure(lambda: ftrain.training_curves(data.runs, curves), p),
         2: lambda p: _figure(lambda: ftrain.edge_of_stability(data.runs, curves), p),
-        3: lambda p: ((None, data.missing["densities.json"]) if data.densities is None
-                      else _figure(lambda: ftrain.spectral_density(data.runs, data.densities), p)),
+        3: lambda p: (
+            (None, data.missing["densities.json"])
+            if data.densities is None
+            else _figure(lambda: ftrain.spectral_density(data.runs, data.densities), p)
+        ),
         4: lambda p: (None, why_pred) if why_pred else _figure(lambda: fgen.predicted_vs_true(data.predictions), p),
         5: lambda p: (None, why_pred) if why_pred else _figure(lambda: fgen.measures_vs_error(data.predictions), p),
         6: lambda p: _figure(lambda: ftrain.summary_bars(data.runs, final_metric), p),
@@ -199,8 +244,10 @@ def build_report(results_dir: Path, out_dir: Path, *, study: str,
     missing_tables = []
     ht = hessian_table(data.runs)
     if ht is None:
-        missing_tables.append("Hessian at the final checkpoints: no run has hessian/lambda_max "
-                              "(probe.parquet not found or empty: the probe phase did not run)")
+        missing_tables.append(
+            "Hessian at the final checkpoints: no run has hessian/lambda_max "
+            "(probe.parquet not found or empty: the probe phase did not run)"
+        )
     else:
         tables.append(ht)
     if data.scores:
@@ -209,22 +256,41 @@ def build_report(results_dir: Path, out_dir: Path, *, study: str,
         missing_tables.append(f"Predictor scores: {data.missing.get('scores.parquet', 'no scores')}")
 
     n_probed = sum(isinstance(r.get("hessian/lambda_max"), (int, float)) for r in data.runs)
-    inputs = [("runs.parquet", f"{len(data.runs)} runs"),
-              ("probe.parquet", f"Hessian at the final checkpoint of {n_probed} runs" if n_probed
-               else "no Hessian probe results (probe.parquet not found or empty)")]
-    present = {"densities.json": lambda: f"spectral densities of {len(data.densities)} runs",
-               "predictions.parquet": lambda: f"predictions for {len(data.predictions)} classifiers",
-               "scores.parquet": lambda: f"scores of {len(data.scores)} predictors"}
+    inputs = [
+        ("runs.parquet", f"{len(data.runs)} runs"),
+        (
+            "probe.parquet",
+            f"Hessian at the final checkpoint of {n_probed} runs"
+            if n_probed
+            else "no Hessian probe results (probe.parquet not found or empty)",
+        ),
+    ]
+    present = {
+        "densities.json": lambda: f"spectral densities of {len(data.densities)} runs",
+        "predictions.parquet": lambda: f"predictions for {len(data.predictions)} classifiers",
+        "scores.parquet": lambda: f"scores of {len(data.scores)} predictors",
+    }
     inputs += [(name, data.missing.get(name) or say()) for name, say in present.items()]
     inputs.append(("curves", f"{sum(bool(v) for v in curves.values())} runs with per-step curves"))
     caveats = list(CAVEATS)
     bad = [r for r in data.runs if r.get("status") != "finished"]
     if bad:
-        caveats.insert(0, f"{len(bad)} of {len(data.runs)} runs did not finish (diverged or failed); they are "
-                          "excluded from every mean and listed with their reason in the Runs table.")
-    page = render_page(study=study, overview=_overview(data), inputs=inputs, notes=list(notes or []),
-                       figures=entries, tables=tables, missing_tables=missing_tables, caveats=caveats,
-                       version=__version__)
+        caveats.insert(
+            0,
+            f"{len(bad)} of {len(data.runs)} runs did not finish (diverged or failed); they are "
+            "excluded from every mean and listed with their reason in the Runs table.",
+        )
+    page = render_page(
+        study=study,
+        overview=_overview(data),
+        inputs=inputs,
+        notes=list(notes or []),
+        figures=entries,
+        tables=tables,
+        missing_tables=missing_tables,
+        caveats=caveats,
+        version=__version__,
+    )
     html_path = out_dir / "report.html"
     tmp = html_path.with_name(".report.html.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -83,19 +83,22 @@ def load_study(results_dir: Path | str) -> StudyData:
             continue
         if tables[name] is None:
             missing[name] = f"{name} has no rows"
-    return StudyData(runs, densities, tables[paths["predict.predictions"].name], tables[paths["predict.scores"].name],
-                     missing)
+    return StudyData(
+        runs, densities, tables[paths["predict.predictions"].name], tables[paths["predict.scores"].name], missing
+    )
 
 
 def check_curves(curves: Any) -> Curves:
     """Validate the ``{run_key: {metric: [(step, value), ...]}}`` mapping passed by the caller."""
     if not isinstance(curves, dict):
-        raise TypeError(f"curves must be a dict {{run_key: {{metric: [(step, value), ...]}}}}, "
-                        f"got {type(curves).__name__}")
+        raise TypeError(
+            f"curves must be a dict {{run_key: {{metric: [(step, value), ...]}}}}, got {type(curves).__name__}"
+        )
     for key, metrics in curves.items():
         if not isinstance(metrics, dict):
-            raise TypeError(f"curves[{key!r}] must be a dict {{metric: [(step, value), ...]}}, "
-                            f"got {type(metrics).__name__}")
+            raise TypeError(
+                f"curves[{key!r}] must be a dict {{metric: [(step, value), ...]}}, got {type(metrics).__name__}"
+            )
         for m, pts in metrics.items():
             if not isinstance(pts, (list, tuple)) or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in pts):
                 raise TypeError(f"curves[{key!r}][{m!r}] must be a list of (step, value) pairs")

@@ -58,9 +58,17 @@ def predicted_vs_true(predictions: list[dict[str, Any]] | None) -> Figure:
             continue
         mae = float(np.mean(np.abs(pred[ok] - true[ok])))
         tau = kendall(pred[ok], true[ok])
-        ax.scatter(true[ok], pred[ok], marker=MARKERS[i % len(MARKERS)], s=38, color=cmap[i % len(cmap)],
-                   alpha=0.8, edgecolor="black", linewidth=0.4,
-                   label=f"{predictor_label(c)} (n={int(ok.sum())}): MAE {mae:.2f} pp, τ = {tau:+.2f}")
+        ax.scatter(
+            true[ok],
+            pred[ok],
+            marker=MARKERS[i % len(MARKERS)],
+            s=38,
+            color=cmap[i % len(cmap)],
+            alpha=0.8,
+            edgecolor="black",
+            linewidth=0.4,
+            label=f"{predictor_label(c)} (n={int(ok.sum())}): MAE {mae:.2f} pp, τ = {tau:+.2f}",
+        )
         lo, hi = min(lo, true[ok].min(), pred[ok].min()), max(hi, true[ok].max(), pred[ok].max())
     pad = max((hi - lo) * 0.06, 0.5)
     lims = (max(lo - pad, 0.0), min(hi + pad, 100.0))
@@ -92,13 +100,20 @@ def measures_vs_error(predictions: list[dict[str, Any]] | None) -> Figure:
     nrows = math.ceil(len(cols) / ncols)
     fig = Figure(figsize=(max(4.6 * ncols + 1.8, 8.0), 3.9 * nrows + 0.7), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(cols):]:
+    for ax in axes[len(cols) :]:
         ax.set_visible(False)
     for ax, c in zip(axes, cols):
         m = column(predictions, c)
         ok = np.isfinite(m) & np.isfinite(true)
-        ax.scatter(m[ok], true[ok], c=[colors[o] for o, k in zip(opts, ok) if k], s=30, alpha=0.85,
-                   edgecolor="black", linewidth=0.4)
+        ax.scatter(
+            m[ok],
+            true[ok],
+            c=[colors[o] for o, k in zip(opts, ok) if k],
+            s=30,
+            alpha=0.85,
+            edgecolor="black",
+            linewidth=0.4,
+        )
         pos = m[ok][m[ok] > 0]
         if ok.sum() and pos.size == ok.sum() and pos.max() / pos.min() > 100:
             ax.set_xscale("log")

@@ -45,8 +45,9 @@ def _row_legend(axes, ax) -> None:
 
 
 @styled
-def training_curves(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "train/loss",
-                    acc: str = "test/acc") -> Figure:
+def training_curves(
+    runs: list[dict[str, Any]], curves: Curves, *, loss: str = "train/loss", acc: str = "test/acc"
+) -> Figure:
     """Figure 1: train loss (log y) and test accuracy (%) vs step, one row per optimizer, one colour per
     (lr, batch, variant) group: mean over finished seeds with a band (+-1 std for >= 3 seeds, min-max for
     2). Diverged or failed runs are drawn individually, dashed, ending in a cross, and labelled."""
@@ -66,11 +67,20 @@ def training_curves(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "
             crosses = []
             for (_, rows), c in zip(groups.items(), group_colors(len(groups))):
                 label = group_label(rows[0], with_model=multi, with_optimizer=False)
-                band = seed_band([curves.get(r["run_key"], {}).get(metric) for r in rows if r.get("status") == "finished"])
+                band = seed_band(
+                    [curves.get(r["run_key"], {}).get(metric) for r in rows if r.get("status") == "finished"]
+                )
                 if band is not None:
                     lo = band.lo if metric != loss else np.maximum(band.lo, band.mean * 1e-2)  # log axis
-                    ax.plot(band.steps, band.mean * scale, color=c, lw=1.7, label=f"{label} (n={band.n_seeds})",
-                            marker="o" if band.steps.size < 3 else None, ms=4)  # a lone point stays visible
+                    ax.plot(
+                        band.steps,
+                        band.mean * scale,
+                        color=c,
+                        lw=1.7,
+                        label=f"{label} (n={band.n_seeds})",
+                        marker="o" if band.steps.size < 3 else None,
+                        ms=4,
+                    )  # a lone point stays visible
                     if band.kind != "none":
                         ax.fill_between(band.steps, lo * scale, band.hi * scale, color=c, alpha=0.2, lw=0)
                     finite_hi.append(float(np.max(band.hi)) * scale)
@@ -80,8 +90,14 @@ def training_curves(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "
                         continue
                     s, v = clean_curve(curves.get(r["run_key"], {}).get(metric))
                     if s.size:
-                        ax.plot(s, v * scale, color=c, ls="--", lw=1.2,
-                                label=f"{label} seed {r.get('seed')}: {r.get('status', 'not finished')}")
+                        ax.plot(
+                            s,
+                            v * scale,
+                            color=c,
+                            ls="--",
+                            lw=1.2,
+                            label=f"{label} seed {r.get('seed')}: {r.get('status', 'not finished')}",
+                        )
                         crosses.append((s[-1], v[-1] * scale, c))
             if metric == loss:
                 ax.set_yscale("log", nonpositive="mask")
@@ -98,8 +114,10 @@ def training_curves(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "
             ax.set_xlabel(STEP_LABEL)
             ax.set_ylabel("train loss (log scale)" if metric == loss else "test accuracy (%)")
         _row_legend(axes[i], axes[i, -1])
-    fig.suptitle("Training curves: mean over seeds (band: ±1 std for ≥3 seeds, min–max for 2)\n"
-                 "dashed, ending in ✕: a diverged or failed run")
+    fig.suptitle(
+        "Training curves: mean over seeds (band: ±1 std for ≥3 seeds, min–max for 2)\n"
+        "dashed, ending in ✕: a diverged or failed run"
+    )
     return fig
 
 
@@ -109,18 +127,23 @@ def edge_of_stability(runs: list[dict[str, Any]], curves: Curves) -> Figure:
     optimizer, one seed (the lowest) per group. For Adam/AdamW the preconditioned sharpness is drawn when
     logged, since the threshold (2+2b1)/((1-b1) eta) applies to it (Cohen et al. 2022, adaptive EoS);
     otherwise raw lambda_max without a threshold. Edge of Stability: Cohen et al., ICLR 2021."""
-    have = [r for r in runs if _has(curves, r["run_key"], "hessian/lambda_max")
-            or _has(curves, r["run_key"], "hessian/precond_lambda_max")]
+    have = [
+        r
+        for r in runs
+        if _has(curves, r["run_key"], "hessian/lambda_max") or _has(curves, r["run_key"], "hessian/precond_lambda_max")
+    ]
     if not have:
-        raise SkipFigure("no run has a hessian/lambda_max curve (sharpness was not probed during training: "
-                         "probe.every = 0, or no curves were passed)")
+        raise SkipFigure(
+            "no run has a hessian/lambda_max curve (sharpness was not probed during training: "
+            "probe.every = 0, or no curves were passed)"
+        )
     by_opt = groups_by_optimizer(have)
     multi = several_models(have)
     ncols = min(2, len(by_opt))
     nrows = math.ceil(len(by_opt) / ncols)
     fig = Figure(figsize=(6.6 * ncols, 4.8 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[len(by_opt):]:
+    for ax in axes[len(by_opt) :]:
         ax.set_visible(False)
     unconverged_shown = False
     for ax, (opt, groups) in zip(axes, by_opt.items()):
@@ -141,8 +164,17 @@ def edge_of_stability(runs: list[dict[str, Any]], curves: Curves) -> Figure:
             bad = set(cs[cvals < 0.5].tolist()) if cs.size else set()
             if bad and not precond:  # Lanczos did not reach its tolerance at these steps: hollow red rings
                 m = np.isin(s, list(bad))
-                ax.plot(s[m], v[m], ls="", marker="o", ms=7, mfc="none", mec="red", mew=1.2,
-                        label="Lanczos not converged" if not unconverged_shown else None)
+                ax.plot(
+                    s[m],
+                    v[m],
+                    ls="",
+                    marker="o",
+                    ms=7,
+                    mfc="none",
+                    mec="red",
+                    mew=1.2,
+                    label="Lanczos not converged" if not unconverged_shown else None,
+                )
                 unconverged_shown = True
             vals.append(v)
             precond_used |= precond
@@ -162,22 +194,27 @@ def edge_of_stability(runs: list[dict[str, Any]], curves: Curves) -> Figure:
         if pos.size and pos.max() / pos.min() > 30:
             ax.set_yscale("log")
         what = "preconditioned λ_max" if precond_used else "λ_max"
-        ax.set_title(f"{opt}: {what}" + (" (no threshold: Adam's is for the preconditioned one)" if raw_adam else ""),
-                     fontsize=10.5 if raw_adam else None)
+        ax.set_title(
+            f"{opt}: {what}" + (" (no threshold: Adam's is for the preconditioned one)" if raw_adam else ""),
+            fontsize=10.5 if raw_adam else None,
+        )
         ax.set_xlabel(STEP_LABEL)
         ax.set_ylabel(f"sharpness {what} (log scale)" if ax.get_yscale() == "log" else f"sharpness {what}")
         handles, labels = ax.get_legend_handles_labels()
         if not raw_adam:
             handles.append(Line2D([], [], color="0.3", ls="--", lw=1.3))
-            labels.append("threshold (2+2β1)/((1−β1)η)" if precond_used else "threshold (2/η for GD, (2+2β)/η heavy ball)")
+            labels.append(
+                "threshold (2+2β1)/((1−β1)η)" if precond_used else "threshold (2/η for GD, (2+2β)/η heavy ball)"
+            )
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, fontsize=8.5)
     fig.suptitle("Edge of Stability: sharpness during training\nvs the stability threshold (dashed, same colour)")
     return fig
 
 
 @styled
-def spectral_density(runs: list[dict[str, Any]], densities: dict[str, dict[str, list[float]]],
-                     max_runs: int = 6) -> Figure:
+def spectral_density(
+    runs: list[dict[str, Any]], densities: dict[str, dict[str, list[float]]], max_runs: int = 6
+) -> Figure:
     """Figure 3: Hessian spectral density (SLQ, log density) at the final checkpoint of up to ``max_runs``
     runs, one per optimizer (its first finished base run, lowest seed). SLQ: Ghorbani, Krishnan, Xiao 2019."""
     by_key = {r["run_key"]: r for r in runs}
@@ -189,8 +226,15 @@ def spectral_density(runs: list[dict[str, Any]], densities: dict[str, dict[str, 
     if not usable:
         raise SkipFigure("densities.json has no usable {grid, density} entries")
     cand = [by_key.get(k, {"run_key": k, "optimizer": "unknown run"}) for k in usable]
-    cand.sort(key=lambda r: (r.get("status", "finished") != "finished", r.get("variant", "base") not in (None, "base"),
-                             r.get("seed") or 0, r.get("lr") or 0, r.get("batch_size") or 0))
+    cand.sort(
+        key=lambda r: (
+            r.get("status", "finished") != "finished",
+            r.get("variant", "base") not in (None, "base"),
+            r.get("seed") or 0,
+            r.get("lr") or 0,
+            r.get("batch_size") or 0,
+        )
+    )
     per_opt: dict[str, list[dict]] = {}
     seen_groups = set()
     for r in cand:  # one seed per group; optimizers' lists in order of preference
@@ -219,8 +263,10 @@ def spectral_density(runs: list[dict[str, Any]], densities: dict[str, dict[str, 
     ax.set_ylim(bottom=floor)
     ax.set_xlabel("Hessian eigenvalue λ")
     ax.set_ylabel("spectral density (log scale)")
-    ax.set_title(f"Hessian spectral density at the final checkpoint (SLQ; {len(chosen)} of {len(usable)} runs, "
-                 "one seed per group)")
+    ax.set_title(
+        f"Hessian spectral density at the final checkpoint (SLQ; {len(chosen)} of {len(usable)} runs, "
+        "one seed per group)"
+    )
     ax.legend(loc="upper right", frameon=True, framealpha=0.85)
     return fig
 
@@ -232,8 +278,10 @@ def summary_bars(runs: list[dict[str, Any]], metric: str = "test/acc") -> Figure
     if not any(is_num(r.get(metric)) for r in runs):
         raise SkipFigure(f"no run has a final {metric}")
     scale = 100.0 if metric.endswith("/acc") else 1.0
-    rows = sorted(summarize(runs, metric), key=lambda g: (str(g["optimizer"]), str(g["model"]), g["lr"] or 0,
-                                                          g["batch_size"] or 0, str(g["variant"])))
+    rows = sorted(
+        summarize(runs, metric),
+        key=lambda g: (str(g["optimizer"]), str(g["model"]), g["lr"] or 0, g["batch_size"] or 0, str(g["variant"])),
+    )
     multi = several_models(runs)
     colors = optimizer_colors(sorted({str(g["optimizer"]) for g in rows}))
     fig = Figure(figsize=(10.5, 0.42 * len(rows) + 1.6), layout="constrained")
@@ -241,8 +289,14 @@ def summary_bars(runs: list[dict[str, Any]], metric: str = "test/acc") -> Figure
     y = np.arange(len(rows))[::-1]  # first group on top
     means = np.array([(g[f"{metric} mean"] or 0.0) * scale for g in rows])
     stds = np.array([(g[f"{metric} std"] or 0.0) * scale for g in rows])
-    ax.barh(y, means, xerr=stds, color=[colors[str(g["optimizer"])] for g in rows], height=0.7,
-            error_kw={"elinewidth": 1.2, "capsize": 3})
+    ax.barh(
+        y,
+        means,
+        xerr=stds,
+        color=[colors[str(g["optimizer"])] for g in rows],
+        height=0.7,
+        error_kw={"elinewidth": 1.2, "capsize": 3},
+    )
     top = float(np.max(means + stds)) if len(rows) else 1.0
     xmax = 100.0 if scale == 100 else (top * 1.35 if top > 0 else 1.0)
     for yi, g, m, s in zip(y, rows, means, stds):
@@ -253,8 +307,9 @@ def summary_bars(runs: list[dict[str, Any]], metric: str = "test/acc") -> Figure
             text = (f"{m:.1f} ± {s:.1f}" if scale == 100 else f"{fmt(m)} ± {fmt(s, 2)}") + f"  (n={g['finished']}"
             text += f", {bad} diverged/failed)" if bad else ")"
         if scale == 100 and m - s > 0.55 * xmax:  # room inside the bar, left of the error bar
-            ax.text(m - s - xmax * 0.01, yi, text, va="center", ha="right", fontsize=9, color="white",
-                    fontweight="bold")
+            ax.text(
+                m - s - xmax * 0.01, yi, text, va="center", ha="right", fontsize=9, color="white", fontweight="bold"
+            )
         else:
             ax.text(m + s + xmax * 0.01, yi, text, va="center", ha="left", fontsize=9)
     ax.set_yticks(y, [group_label(g, with_model=multi) for g in rows])
@@ -285,11 +340,13 @@ def sde_time(row: dict[str, Any], steps: np.ndarray) -> np.ndarray:
     """SDE time of ``steps`` for this run: ``t = k eta`` (SGD-type; Li, Malladi, Arora 2021) or
     ``t = k eta^2`` (Adam/RMSprop-type; Malladi, Lyu, Panigrahi, Arora 2022), eta the per-step lr."""
     eta = _effective_lr(row)
-    return steps * (eta ** 2 if str(row.get("optimizer")) in ADAPTIVE_SDE else eta)
+    return steps * (eta**2 if str(row.get("optimizer")) in ADAPTIVE_SDE else eta)
 
 
 @styled
-def scaling_rules(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "train/loss", max_groups: int = 4) -> Figure:
+def scaling_rules(
+    runs: list[dict[str, Any]], curves: Curves, *, loss: str = "train/loss", max_groups: int = 4
+) -> Figure:
     """A base run and its scaling-rule / SVAG variants on one axis: train loss against epochs (steps x
     batch / the run's training examples) and against SDE time, so "the curves coincide" can be read
     off (linear and square-root rules keep epochs and SDE time; SVAG keeps SDE time)."""
@@ -300,8 +357,10 @@ def scaling_rules(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "tr
             families.setdefault(r["base_key"], []).append(r)
     families = {k: v for k, v in families.items() if _has(curves, k, loss)}
     if not families:
-        raise SkipFigure("no base run with a scaling-rule or SVAG variant and a train/loss curve "
-                         "(set sweep.variants, e.g. [{rule: linear, factor: 2}, {rule: svag, factor: 4}])")
+        raise SkipFigure(
+            "no base run with a scaling-rule or SVAG variant and a train/loss curve "
+            "(set sweep.variants, e.g. [{rule: linear, factor: 2}, {rule: svag, factor: 4}])"
+        )
     keys = list(families)[:max_groups]
     fig = Figure(figsize=(12, 3.6 * len(keys) + 0.6), layout="constrained")
     axes = fig.subplots(len(keys), 2, squeeze=False)
@@ -320,8 +379,11 @@ def scaling_rules(runs: list[dict[str, Any]], curves: Curves, *, loss: str = "tr
             ax.set_ylabel(f"{loss} (log scale)")
         ax_e.set_xlabel("epochs (steps × batch size / training examples)")
         ax_t.set_xlabel("SDE time (steps × η" + ("²" if str(base.get("optimizer")) in ADAPTIVE_SDE else "") + ")")
-        ax_e.set_title(f"{base.get('optimizer')} lr={base.get('lr')} B={base.get('batch_size')} seed {base.get('seed')}")
+        ax_e.set_title(
+            f"{base.get('optimizer')} lr={base.get('lr')} B={base.get('batch_size')} seed {base.get('seed')}"
+        )
         ax_t.legend(fontsize=8)
-    fig.suptitle("Scaling rules and SVAG: a base run and its variants on one axis\n"
-                 "(the rule holds where the curves coincide)")
+    fig.suptitle(
+        "Scaling rules and SVAG: a base run and its variants on one axis\n(the rule holds where the curves coincide)"
+    )
     return fig

@@ -55,39 +55,55 @@ def render_table(t: Table) -> str:
         cls = t.row_classes[i] if i < len(t.row_classes) else ""
         attr = f' class="{_e(cls)}"' if cls else ""
         body.append(f"<tr{attr}>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>")
-    return (f"<h3>{_e(t.title)}</h3>\n<div class=\"tablewrap\"><table><thead><tr>{head}</tr></thead><tbody>\n"
-            + "\n".join(body) + "\n</tbody></table></div>\n"
-            + (f"<p class=\"caption\">{_e(t.caption)}</p>\n" if t.caption else ""))
+    return (
+        f'<h3>{_e(t.title)}</h3>\n<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody></table></div>\n"
+        + (f'<p class="caption">{_e(t.caption)}</p>\n' if t.caption else "")
+    )
 
 
 def render_figure(f: FigureEntry) -> str:
     """A figure with its caption, or a visible note saying why it was skipped."""
     title = f"Figure {f.number}. {f.title}"
     if f.png is None:
-        return (f"<section id=\"fig{f.number}\"><h3>{_e(title)}</h3>\n"
-                f"<p class=\"skip\"><strong>Skipped:</strong> {_e(f.skipped or 'no data')}</p></section>\n")
-    return (f"<section id=\"fig{f.number}\"><h3>{_e(title)}</h3>\n<figure><img alt=\"{_e(title)}\" "
-            f"src=\"{png_data_uri(f.png)}\">\n<figcaption>{_e(f.caption)}</figcaption></figure></section>\n")
+        return (
+            f'<section id="fig{f.number}"><h3>{_e(title)}</h3>\n'
+            f'<p class="skip"><strong>Skipped:</strong> {_e(f.skipped or "no data")}</p></section>\n'
+        )
+    return (
+        f'<section id="fig{f.number}"><h3>{_e(title)}</h3>\n<figure><img alt="{_e(title)}" '
+        f'src="{png_data_uri(f.png)}">\n<figcaption>{_e(f.caption)}</figcaption></figure></section>\n'
+    )
 
 
-def render_page(*, study: str, overview: list[str], inputs: list[tuple[str, str]], notes: list[str],
-                figures: list[FigureEntry], tables: list[Table], missing_tables: list[str],
-                caveats: list[str], version: str) -> str:
+def render_page(
+    *,
+    study: str,
+    overview: list[str],
+    inputs: list[tuple[str, str]],
+    notes: list[str],
+    figures: list[FigureEntry],
+    tables: list[Table],
+    missing_tables: list[str],
+    caveats: list[str],
+    version: str,
+) -> str:
     """The whole report page as a string (UTF-8)."""
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
         f"<title>sgdlab report: {_e(study)}</title><style>{CSS}</style></head><body>",
         f"<h1>Study report: {_e(study)}</h1>",
-        f"<p class=\"meta\">sgdlab {_e(version)}. " + " ".join(_e(s) for s in overview) + "</p>",
+        f'<p class="meta">sgdlab {_e(version)}. ' + " ".join(_e(s) for s in overview) + "</p>",
         "<h2>Inputs</h2><ul>" + "".join(f"<li><code>{_e(n)}</code>: {_e(s)}</li>" for n, s in inputs) + "</ul>",
     ]
     if notes:
-        parts.append("<h2>Notes</h2><ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+        parts.append('<h2>Notes</h2><ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Figures</h2>")
     parts += [render_figure(f) for f in figures]
     parts.append("<h2>Tables</h2>")
     parts += [render_table(t) for t in tables]
-    parts += [f"<p class=\"skip\"><strong>Table skipped:</strong> {_e(m)}</p>" for m in missing_tables]
-    parts.append("<h2>Caveats</h2><ul class=\"caveats\">" + "".join(f"<li>{_e(c)}</li>" for c in caveats) + "</ul>")
+    parts += [f'<p class="skip"><strong>Table skipped:</strong> {_e(m)}</p>' for m in missing_tables]
+    parts.append('<h2>Caveats</h2><ul class="caveats">' + "".join(f"<li>{_e(c)}</li>" for c in caveats) + "</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

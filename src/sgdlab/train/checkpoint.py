@@ -21,8 +21,7 @@ FORMAT = "sgdlab.train.checkpoint/1"
 # Config keys that may change between the run that wrote a checkpoint and the one resuming from
 # it: they change cadence, length or placement, not the trajectory of the first ``step`` updates.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "log_every", "eval_every", "eval_batch_size", "checkpoint_every", "device",
-     "compile", "final_eval"}
+    {"steps", "log_every", "eval_every", "eval_batch_size", "checkpoint_every", "device", "compile", "final_eval"}
 )
 
 
@@ -44,13 +43,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: not an sgdlab training checkpoint (format {got!r}, "
-                         f"expected {FORMAT!r})")
+        raise ValueError(f"{path}: not an sgdlab training checkpoint (format {got!r}, expected {FORMAT!r})")
     return ckpt
 
 
 def check_compatible(
-    ckpt: dict[str, Any], config: dict[str, Any], optimizer_name: str, hparams: dict[str, Any],
+    ckpt: dict[str, Any],
+    config: dict[str, Any],
+    optimizer_name: str,
+    hparams: dict[str, Any],
     path: str | os.PathLike,
 ) -> None:
     """Raise ValueError naming every key where the checkpoint's run differs from this one."""
@@ -69,5 +70,6 @@ def check_compatible(
     if diffs:
         raise ValueError(
             f"checkpoint {str(path)!r} was written by a different run; differences: "
-            + "; ".join(diffs) + ". Use another checkpoint path or resume=False."
+            + "; ".join(diffs)
+            + ". Use another checkpoint path or resume=False."
         )

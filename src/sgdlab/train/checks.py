@@ -27,21 +27,25 @@ def check_data(data: Any, cfg: LoopConfig) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"data: x_{split} has {x.shape[0]} samples, y_{split} {y.shape[0]}")
     if data.x_train.shape[1:] != data.x_test.shape[1:]:
-        raise ValueError(f"data: train samples have shape {tuple(data.x_train.shape[1:])}, test "
-                         f"samples {tuple(data.x_test.shape[1:])}")
+        raise ValueError(
+            f"data: train samples have shape {tuple(data.x_train.shape[1:])}, test "
+            f"samples {tuple(data.x_test.shape[1:])}"
+        )
     n = data.x_train.shape[0]
     if cfg.batch_size > n:
-        raise ValueError(f"LoopConfig: batch_size={cfg.batch_size} exceeds the number of training "
-                         f"samples ({n})")
+        raise ValueError(f"LoopConfig: batch_size={cfg.batch_size} exceeds the number of training samples ({n})")
     for split in ("train", "test"):
         y = getattr(data, f"y_{split}")
         if cfg.task == "classification" and (y.is_floating_point() or y.is_complex()):
             raise ValueError(
                 f"task='classification' needs integer class labels, but y_{split} has dtype "
-                f"{y.dtype} (regression targets? set task='regression')")
+                f"{y.dtype} (regression targets? set task='regression')"
+            )
         if cfg.task == "regression" and not y.is_floating_point():
-            raise ValueError(f"task='regression' needs floating-point targets, but y_{split} has "
-                             f"dtype {y.dtype} (class labels? set task='classification')")
+            raise ValueError(
+                f"task='regression' needs floating-point targets, but y_{split} has "
+                f"dtype {y.dtype} (class labels? set task='classification')"
+            )
 
 
 def probe_model(model: nn.Module, data: DataTensors, cfg: LoopConfig) -> None:
@@ -55,34 +59,39 @@ def probe_model(model: nn.Module, data: DataTensors, cfg: LoopConfig) -> None:
             f"physical_batch_size={cfg.physical_batch_size} < batch_size={cfg.batch_size} with BatchNorm in "
             f"{name}: ghost BatchNorm. Each of the {cfg.micro_batches} micro-batches is normalised with its own "
             "statistics and updates the running statistics once, so the update differs from the full-batch "
-            "one (gradient accumulation is exact only without BatchNorm)", UserWarning, stacklevel=3)
+            "one (gradient accumulation is exact only without BatchNorm)",
+            UserWarning,
+            stacklevel=3,
+        )
     was_training = model.training
     model.eval()  # eval: BatchNorm must not update its running statistics here
     try:
         with torch.no_grad():
             out = model(data.x_train[:2])
     except (RuntimeError, ValueError, IndexError) as e:
-        raise ValueError(
-            f"model {name} cannot take dataset samples of shape {shape}: {e}"
-        ) from None
+        raise ValueError(f"model {name} cannot take dataset samples of shape {shape}: {e}") from None
     finally:
         model.train(was_training)
     y = data.y_train[:2]
     if cfg.task == "classification":
-        lo, hi = int(torch.minimum(data.y_train.min(), data.y_test.min())), int(
-            torch.maximum(data.y_train.max(), data.y_test.max()))
+        lo, hi = (
+            int(torch.minimum(data.y_train.min(), data.y_test.min())),
+            int(torch.maximum(data.y_train.max(), data.y_test.max())),
+        )
         if out.dim() != 2 or lo < 0 or hi >= out.shape[1]:
             raise ValueError(
                 f"model {name} outputs shape {tuple(out.shape[1:])} per sample but the dataset "
                 f"(samples {shape}) has labels in [{lo}, {hi}]; classification needs "
-                "(num_classes,) logits with num_classes > max label")
+                "(num_classes,) logits with num_classes > max label"
+            )
     else:
         try:
             loss_fn("regression", out, y)
         except RuntimeError as e:
             raise ValueError(
                 f"model {name} outputs shape {tuple(out.shape[1:])} per sample, targets have "
-                f"shape {tuple(y.shape[1:])}: {e}") from None
+                f"shape {tuple(y.shape[1:])}: {e}"
+            ) from None
 
 
 def check_optimizer(name: str, hparams: dict | None, task: str) -> tuple[Any, dict, int]:
@@ -93,6 +102,7 @@ def check_optimizer(name: str, hparams: dict | None, task: str) -> tuple[Any, di
     if lr is None or not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"optimizer {name!r}: hparam 'lr'={lr!r} must be a finite number > 0")
     if "task" in resolved and resolved["task"] != task:  # e.g. label-noise SGD's noise model
-        raise ValueError(f"optimizer {name!r}: hparam 'task'={resolved['task']!r} differs from "
-                         f"LoopConfig task={task!r}")
+        raise ValueError(
+            f"optimizer {name!r}: hparam 'task'={resolved['task']!r} differs from LoopConfig task={task!r}"
+        )
     return spec, resolved, batches_per_step(name, resolved)

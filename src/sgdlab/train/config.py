@@ -76,12 +76,12 @@ class LoopConfig:
             _int("physical_batch_size", pb, 1)
             if pb > self.batch_size or self.batch_size % pb:
                 raise ValueError(
-                    f"LoopConfig: physical_batch_size={pb} must divide batch_size={self.batch_size}"
-                    " (and be at most it)"
+                    f"LoopConfig: physical_batch_size={pb} must divide batch_size={self.batch_size} (and be at most it)"
                 )
         if not (isinstance(self.blowup_factor, (int, float)) and self.blowup_factor > 1):
-            raise ValueError(f"LoopConfig: blowup_factor={self.blowup_factor!r} must be > 1 "
-                             "(math.inf disables the check)")
+            raise ValueError(
+                f"LoopConfig: blowup_factor={self.blowup_factor!r} must be > 1 (math.inf disables the check)"
+            )
         if self.sampling not in ("epoch", "iid"):
             raise ValueError(f"LoopConfig: sampling={self.sampling!r} is not one of ['epoch', 'iid']")
         if self.task not in TASKS:

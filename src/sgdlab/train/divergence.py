@@ -10,9 +10,7 @@ import math
 from collections.abc import Sequence
 
 
-def find_divergence(
-    losses: Sequence[float], first_step: int, initial_loss: float, blowup_factor: float
-) -> str | None:
+def find_divergence(losses: Sequence[float], first_step: int, initial_loss: float, blowup_factor: float) -> str | None:
     """Reason string for the first diverged step in ``losses``, or None if all are fine.
 
     ``losses[i]`` is the training loss of step ``first_step + i`` (1-based step numbers). A step

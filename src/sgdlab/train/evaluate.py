@@ -18,8 +18,7 @@ def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if out.dim() == y.dim() + 1 and out.shape[-1] == 1:
         out = out.squeeze(-1)  # (N, 1) -> (N,)
     if out.shape != y.shape:
-        raise RuntimeError(f"output shape {tuple(out.shape)} does not match target shape "
-                           f"{tuple(y.shape)}")
+        raise RuntimeError(f"output shape {tuple(out.shape)} does not match target shape {tuple(y.shape)}")
     # the mean squared error written out: F.mse_loss's forward-mode AD formula writes into an immutable
     # ZeroTensor, which breaks forward-over-reverse Hessian-vector products (sgdlab.hessian)
     return ((out - y.to(out.dtype)) ** 2).mean()

@@ -42,8 +42,7 @@ def _derive_seed(seed: int, stream: int) -> int:
 
 
 def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
 
 
 def train(
@@ -92,23 +91,28 @@ def train(
     probe_model(model, data, cfg)
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if cfg.checkpoint_every and ckpt_path is None:
-        raise ValueError(
-            f"LoopConfig: checkpoint_every={cfg.checkpoint_every} needs checkpoint_path")
+        raise ValueError(f"LoopConfig: checkpoint_every={cfg.checkpoint_every} needs checkpoint_path")
     ckpt = load_checkpoint(ckpt_path) if ckpt_path and resume and ckpt_path.exists() else None
     cfg_dict = cfg.to_dict()
     if ckpt is not None:
         check_compatible(ckpt, cfg_dict, optimizer_name, resolved, ckpt_path)
         if ckpt["step"] > cfg.steps:
-            raise ValueError(f"checkpoint {str(ckpt_path)!r} is at step {ckpt['step']}, beyond "
-                             f"LoopConfig steps={cfg.steps}")
+            raise ValueError(
+                f"checkpoint {str(ckpt_path)!r} is at step {ckpt['step']}, beyond LoopConfig steps={cfg.steps}"
+            )
 
     # ---- setup: nothing above changed the model's parameters ----------------------------------
     was_training = model.training
     optimizer = build_optimizer(optimizer_name, model.named_parameters(), resolved)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     # the k-th minibatch of a step from its own stream (stream 0: the single-batch families, unchanged)
-    samplers = make_samplers(cfg.sampling, xt.shape[0], cfg.batch_size, device,
-                             [_derive_seed(cfg.seed, 0)] + [_derive_seed(cfg.seed, 100 + k) for k in range(1, bps)])
+    samplers = make_samplers(
+        cfg.sampling,
+        xt.shape[0],
+        cfg.batch_size,
+        device,
+        [_derive_seed(cfg.seed, 0)] + [_derive_seed(cfg.seed, 100 + k) for k in range(1, bps)],
+    )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp_bf16 and use_cuda else None
     fwd = torch.compile(model) if cfg.compile and use_cuda else model
     rng_devices = _rng_devices(device)
@@ -116,8 +120,23 @@ def train(
         torch.default_generator.manual_seed(_derive_seed(cfg.seed, 1))
         for i in rng_devices:
             torch.cuda.default_generators[i].manual_seed(_derive_seed(cfg.seed, 1))
-        run = _Run(model, fwd, optimizer, spec, resolved, bps, samplers, data, cfg, amp, base_lrs,
-                   metric_sink, on_step, make_progress(progress, cfg.steps), device)
+        run = _Run(
+            model,
+            fwd,
+            optimizer,
+            spec,
+            resolved,
+            bps,
+            samplers,
+            data,
+            cfg,
+            amp,
+            base_lrs,
+            metric_sink,
+            on_step,
+            make_progress(progress, cfg.steps),
+            device,
+        )
         try:
             if ckpt is not None:
                 run.restore(ckpt)
@@ -132,8 +151,24 @@ def train(
 class _Run:
     """State of one training run; split out of :func:`train` to keep the loop readable."""
 
-    def __init__(self, model, fwd, optimizer, spec, hparams, bps, samplers, data, cfg, amp,
-                 base_lrs, sink, on_step, progress, device):
+    def __init__(
+        self,
+        model,
+        fwd,
+        optimizer,
+        spec,
+        hparams,
+        bps,
+        samplers,
+        data,
+        cfg,
+        amp,
+        base_lrs,
+        sink,
+        on_step,
+        progress,
+        device,
+    ):
         self.model, self.fwd, self.opt, self.spec = model, fwd, optimizer, spec
         self.hparams = hparams
         self.bps, self.samplers, self.data, self.cfg, self.amp = bps, samplers, data, cfg, amp
@@ -169,10 +204,12 @@ class _Run:
                 return out, loss_fn(task, out, y)
 
         if amp is None and classify:  # the common case, without wrapper calls in the hot path
+
             def forward_loss(x, y):  # noqa: F811
                 out = fwd(x)
                 return out, F.cross_entropy(out, y)
         elif amp is None:
+
             def forward_loss(x, y):  # noqa: F811
                 out = fwd(x)
                 return out, loss_fn(task, out, y)
@@ -278,8 +315,7 @@ class _Run:
                 self.sink(metrics, step)
             if status == "diverged":
                 break
-            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 \
-                    and not last:
+            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
                 self.save(ckpt_path, optimizer_name)
         train_time = time.perf_counter() - t0
         opt.zero_grad(set_to_none=True)  # leave no .grad behind
@@ -294,12 +330,16 @@ class _Run:
             final = {k.replace("train_full/", "train/"): v for k, v in full.items()}
             final.update(self._evaluate("test"))
             if self.sink is not None:
-                self.sink({**full, **{k: v for k, v in final.items() if k.startswith("test/")}},
-                          self.step)
+                self.sink({**full, **{k: v for k, v in final.items() if k.startswith("test/")}}, self.step)
         samples = (self.step - start_step) * bps * cfg.batch_size
-        return {"status": status, "reason": reason, "steps_done": self.step, "metrics": final,
-                    "samples_per_s": samples / train_time if train_time > 0 else 0.0,
-                    "resumed_from": self.resumed_from}
+        return {
+            "status": status,
+            "reason": reason,
+            "steps_done": self.step,
+            "metrics": final,
+            "samples_per_s": samples / train_time if train_time > 0 else 0.0,
+            "resumed_from": self.resumed_from,
+        }
 
     # ---- metrics -------------------------------------------------------------------------------
     def _flush(self, lr: float) -> tuple[dict[str, float], str | None]:
@@ -348,23 +388,26 @@ class _Run:
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path: Path, optimizer_name: str) -> None:
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        save_checkpoint(path, {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "optimizer_name": optimizer_name,
-            "hparams": dict(self.hparams),
-            "config": self.cfg.to_dict(),
-            "sampler": self.sampler.state_dict(),
-            "samplers_extra": [smp.state_dict() for smp in self.samplers[1:]],
-            "cpu_rng": torch.get_rng_state(),
-            "cuda_rng": cuda_rng,
-            "loss0": None if self.loss0 is None else self.loss0.detach().cpu(),
-            "win_loss": [t.cpu() for t in self.win_loss],
-            "win_hits": [] if (h := self._hits()) is None else [h.cpu()],
-            "win_start": self.win_start,
-            "optimizer_mode": "train" if self.train_mode or not self.spec.train_eval else "eval",
-        })
+        save_checkpoint(
+            path,
+            {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "optimizer_name": optimizer_name,
+                "hparams": dict(self.hparams),
+                "config": self.cfg.to_dict(),
+                "sampler": self.sampler.state_dict(),
+                "samplers_extra": [smp.state_dict() for smp in self.samplers[1:]],
+                "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": cuda_rng,
+                "loss0": None if self.loss0 is None else self.loss0.detach().cpu(),
+                "win_loss": [t.cpu() for t in self.win_loss],
+                "win_hits": [] if (h := self._hits()) is None else [h.cpu()],
+                "win_start": self.win_start,
+                "optimizer_mode": "train" if self.train_mode or not self.spec.train_eval else "eval",
+            },
+        )
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         dev = self.device

@@ -13,8 +13,13 @@ class _RichBar:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._p = Progress(
-            TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+            TextColumn("train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self._task = self._p.add_task("train", total=total, info="")
         self._p.start()
 
@@ -37,5 +42,4 @@ def make_progress(progress, total: int) -> Callable[[int, int, dict[str, float]]
         return _RichBar(total)
     if callable(progress):
         return progress
-    raise TypeError(
-        f"progress={progress!r} must be None, a bool or a callable(step, total, metrics)")
+    raise TypeError(f"progress={progress!r} must be None, a bool or a callable(step, total, metrics)")

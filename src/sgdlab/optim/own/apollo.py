@@ -108,9 +108,7 @@ class APOLLO(torch.optim.Optimizer):
                 if low_rank:
                     if group["scale_type"] == "channel":
                         dim = 1 if rows else 0
-                        s = normed.norm(dim=dim, keepdim=True) / (
-                            r_grad.norm(dim=dim, keepdim=True) + 1e-8
-                        )
+                        s = normed.norm(dim=dim, keepdim=True) / (r_grad.norm(dim=dim, keepdim=True) + 1e-8)
                     else:
                         s = normed.norm() / (r_grad.norm() + 1e-8)
                     update = grad * s  # (m, n): the raw gradient, rescaled
@@ -151,12 +149,8 @@ register(
         hparams=(
             HParam("lr", 1e-2, "learning rate", float, "positive"),
             HParam("rank", 256, "rank r of the auxiliary space (2-D params)", int, "posint"),
-            HParam(
-                "scale", 1.0, "update scale alpha (the step uses sqrt(scale))", float, "positive"
-            ),
-            HParam(
-                "scale_type", "channel", "scaling granularity", str, choices=("channel", "tensor")
-            ),
+            HParam("scale", 1.0, "update scale alpha (the step uses sqrt(scale))", float, "positive"),
+            HParam("scale_type", "channel", "scaling granularity", str, choices=("channel", "tensor")),
             *_COMMON,
         ),
     ),
@@ -172,9 +166,7 @@ register(
         paper=_PAPER,
         hparams=(
             HParam("lr", 1e-2, "learning rate", float, "positive"),
-            HParam(
-                "scale", 128.0, "update scale alpha (the step uses sqrt(scale))", float, "positive"
-            ),
+            HParam("scale", 128.0, "update scale alpha (the step uses sqrt(scale))", float, "positive"),
             *_COMMON,
         ),
     ),

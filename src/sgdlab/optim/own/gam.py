@@ -55,9 +55,7 @@ class GAM(torch.optim.SGD):
             p.copy_(x)
         with torch.enable_grad():
             loss = closure()
-        return loss, [
-            torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params
-        ]
+        return loss, [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
 
     def _unit(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
         n = _global_norm(vs) + self.eps

@@ -66,9 +66,7 @@ class LocalSGD(torch.optim.Optimizer):
         for g, p in self._all():
             st = self.state[p]
             if "workers" not in st:
-                st["workers"] = (
-                    p.detach().unsqueeze(0).repeat(self.workers, *([1] * p.ndim)).clone()
-                )  # (K, *p.shape)
+                st["workers"] = p.detach().unsqueeze(0).repeat(self.workers, *([1] * p.ndim)).clone()  # (K, *p.shape)
                 if g["momentum"] > 0:
                     st["momentum"] = torch.zeros_like(st["workers"])  # (K, *p.shape)
 
@@ -102,9 +100,7 @@ class LocalSGD(torch.optim.Optimizer):
                 st = self.state[p]
                 st["workers"].copy_(st["workers"].mean(0, keepdim=True).expand_as(st["workers"]))
                 if self.average_momentum and "momentum" in st:
-                    st["momentum"].copy_(
-                        st["momentum"].mean(0, keepdim=True).expand_as(st["momentum"])
-                    )
+                    st["momentum"].copy_(st["momentum"].mean(0, keepdim=True).expand_as(st["momentum"]))
             g0["local_step"] = 0
             g0["round"] += 1
         for _, p in self._all():
@@ -114,9 +110,7 @@ class LocalSGD(torch.optim.Optimizer):
 
 def _validate(h: dict) -> None:
     if h["average_momentum"] and h["momentum"] == 0:
-        raise OptimizerConfigError(
-            "optimizer 'local_sgd': hparam 'average_momentum' = True needs momentum > 0"
-        )
+        raise OptimizerConfigError("optimizer 'local_sgd': hparam 'average_momentum' = True needs momentum > 0")
 
 
 register(

@@ -20,9 +20,7 @@ import torch
 from ..registry import HParam, OptimizerSpec, register
 
 
-def sps_step_size(
-    loss: float, f_star: float, grad_sq_norm: float, c: float, gamma_max: float
-) -> float:
+def sps_step_size(loss: float, f_star: float, grad_sq_norm: float, c: float, gamma_max: float) -> float:
     """SPS_max step size; 0 when the gradient vanishes or the loss is already <= f_star."""
     if grad_sq_norm <= 0.0:
         return 0.0

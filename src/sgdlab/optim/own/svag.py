@@ -106,18 +106,14 @@ class SVAGAdam(_TwoBatchMixin, torch.optim.Adam):
 
 
 _L = HParam("l", 1.0, "SVAG variance amplification l >= 1", float, "ge1")
-_LOOP = (
-    " LOOP: 2 independent minibatches per step, closure(0) and closure(1); param_groups hold the "
-    "effective lr"
-)
+_LOOP = " LOOP: 2 independent minibatches per step, closure(0) and closure(1); param_groups hold the effective lr"
 
 register(
     OptimizerSpec(
         name="svag",
         family="sde",
         source="sgdlab",
-        summary="SVAG (SGD form): grad of a L_g1 + b L_g2, a,b=(1+-sqrt(2l-1))/2, step lr/l."
-        + _LOOP,
+        summary="SVAG (SGD form): grad of a L_g1 + b L_g2, a,b=(1+-sqrt(2l-1))/2, step lr/l." + _LOOP,
         paper="Li, Malladi, Arora 2021, On the Validity of Modeling SGD with SDEs",
         hparams=(
             HParam("lr", 0.1, "base SGD learning rate (the step is lr / l)", float, "positive"),
@@ -138,8 +134,7 @@ register(
             "SVAG (Adam/RMSprop form): a,b=(1+-sqrt(2l^2-1))/2, Adam with lr/l, (1-beta)/l^2, "
             "eps*l; betas=(0, b2) is the bias-corrected RMSprop (beta1 stays 0)." + _LOOP
         ),
-        paper="Malladi, Lyu, Panigrahi, Arora 2022, On the SDEs and Scaling Rules for Adaptive "
-        "Gradient Algorithms",
+        paper="Malladi, Lyu, Panigrahi, Arora 2022, On the SDEs and Scaling Rules for Adaptive Gradient Algorithms",
         hparams=(
             HParam("lr", 1e-3, "base Adam learning rate", float, "positive"),
             _L,
