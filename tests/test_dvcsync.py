@@ -5,13 +5,13 @@ Real git and real DVC in a temporary copy of the repo; the real CLI (`sgdlab pre
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_dvc import _clone as copy_checkout
 
 from sgdlab.dvcsync import DvcError, StageSync, is_dvc_repo, record_stages, status
 
@@ -39,18 +39,7 @@ def _run(args, cwd, env):
 def _clone(dst: Path, env: dict, git: bool = True) -> Path:
     """What git would check out (tracked + untracked-not-ignored files), as a new git repo, with the
     two fast datasets only."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for f in filter(None, files):
-        src = REPO / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
+    copy_checkout(dst)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["data"]["datasets"] = ["xor", "separable"]
     params["train"]["dataset"] = "xor"  # a study trains on a dataset that prepare builds
