@@ -214,3 +214,21 @@ def test_ui_urls():
         == "http://127.0.0.1:5001/#/experiments/7/runs/abc123?workflowType=machine_learning"
     )
     assert tracking.runs_url("7", "0.0.0.0").startswith("http://127.0.0.1:5000/#/")
+
+
+def test_ensure_experiment_survives_a_concurrent_creation(mlflow_store, monkeypatch):
+    """Two processes (overlapping scheduled runs) creating one experiment: the loser reads the winner's."""
+    c = tracking.client()
+    real = c.get_experiment_by_name
+    calls = {"n": 0}
+
+    def first_miss(name):  # the first lookup misses, as if the other process created it just after
+        calls["n"] += 1
+        if calls["n"] == 1:
+            c.create_experiment(name)
+            return None
+        return real(name)
+
+    monkeypatch.setattr(c, "get_experiment_by_name", first_miss)
+    exp_id = tracking.ensure_experiment("raced")
+    assert exp_id == real("raced").experiment_id

@@ -103,7 +103,13 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
-        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        try:
+            return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception as exc:  # noqa: BLE001 - another process (e.g. an overlapping scheduled run) won the race
+            exp = c.get_experiment_by_name(name) if "already exists" in str(exc) else None
+            if exp is None:
+                raise
+            return exp.experiment_id
 
 
 def git_commit(root: Path | None = None) -> str:
