@@ -171,3 +171,24 @@ def test_classifiers_outside_the_gans_training_set_get_no_gan_prediction():
     scores = {s["predictor"]: s for s in score_predictors(rows)}
     assert scores["gan"]["n_models"] == 3 and scores["gan"]["mae"] == pytest.approx(0.01)
     assert scores["val"]["n_models"] == 4
+
+
+def test_model_width_is_a_scored_axis():
+    from sgdlab.prediction import AXES
+
+    rows = [
+        {
+            "run_key": str(i),
+            "model": "mlp",
+            "model_kwargs": f'{{"widths": [{w}]}}',
+            "lr": 0.1,
+            "true/test_err": 0.1 * (i + 1),
+            "true/train_err": 0.0,
+            "true/gap": 0.1 * (i + 1),
+            "measure/lambda_max": float(i),
+        }
+        for i, w in enumerate([32, 256, 32, 256])
+    ]
+    assert "model_kwargs" in AXES
+    s = score_predictors(rows)[0]
+    assert s["psi"] is not None and s["pgdl"] is not None  # the widths are the varied axis

@@ -27,7 +27,7 @@ CLASS_NAMES = {
     "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 }
 MEASURES = ("lambda_max", "trace", "pacbayes_flatness")
-AXES = ("optimizer", "lr", "batch_size", "model", "steps", "train_fraction")
+AXES = ("optimizer", "lr", "batch_size", "model", "model_kwargs", "steps", "train_fraction")  # model_kwargs: widths
 
 
 class SyntheticSetError(ValueError):
