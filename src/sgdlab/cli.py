@@ -210,14 +210,22 @@ def predict(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetO
 
     out = _phase(cfg, "predict")
     table = Table(title=f"predictors over {out['n_models']} classifiers")
-    for col in ("predictor", "kind", "MAE (pp)", "Kendall tau", "Psi", "PGDL"):
+    for col in ("predictor", "kind", "scored against", "MAE (pp)", "Kendall tau", "Psi", "PGDL"):
         table.add_column(col)
 
     def f(v, scale=1.0):
         return "-" if v is None else f"{scale * v:.3g}"
 
     for s in out["scores"]:
-        table.add_row(s["predictor"], s["kind"], f(s["mae"], 100), f(s["kendall_tau"]), f(s["psi"]), f(s["pgdl"]))
+        table.add_row(
+            s["predictor"],
+            s["kind"],
+            str(s.get("target", "-")),
+            f(s["mae"], 100),
+            f(s["kendall_tau"]),
+            f(s["psi"]),
+            f(s["pgdl"]),
+        )
     Console().print(table)
 
 
