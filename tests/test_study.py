@@ -222,3 +222,11 @@ def test_a_phase_cannot_read_a_section_it_does_not_declare(home):
     assert study.cfg.study.name == "study-test"
     with pytest.raises(UndeclaredSectionError, match=r"phase 'report' reads params section 'gan'"):
         _ = study.cfg.gan
+
+
+def test_probe_trace_method_is_a_setting_and_part_of_the_key(home):
+    assert _cfg(probe={"trace_method": "hutch++"}).probe.trace_method == "hutch++"
+    with pytest.raises(ConfigError, match=r"probe\.trace_method"):
+        _cfg(probe={"trace_method": "hutch"})
+    every = {"every": 10}
+    assert _keys(_cfg(probe={**every, "trace_method": "hutch++"})) != _keys(_cfg(probe=every))

@@ -274,6 +274,8 @@ class ProbeConfig(_Frozen):
     every: int = Field(0, ge=0)  # probe cadence during training, in steps (0: off)
     train_trace_probes: int = Field(0, ge=0)  # Hutchinson probes at each in-training probe
     density_probes: int = Field(0, ge=0)  # stochastic Lanczos quadrature on checkpoints (0: off)
+    # Hutchinson (default) or Hutch++: Hutch++ wins only on fast-decaying spectra, loses on flat/indefinite ones
+    trace_method: Literal["hutchinson", "hutch++"] = "hutchinson"
     lanczos_steps: int = Field(40, gt=1)
     seed: int = Field(0, ge=0)
 

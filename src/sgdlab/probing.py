@@ -45,6 +45,7 @@ def sharpness_hook_factory(probe: dict[str, Any] | None):
             k_eigs=probe["k"],
             tol=probe["tol"],
             n_trace_probes=probe["train_trace_probes"],
+            trace_method=probe.get("trace_method", "hutchinson"),
             max_iter=probe["max_iter"],
             batch_size=probe["batch_size"],
             bn_mode=probe["bn_mode"],
@@ -88,7 +89,9 @@ def probe_checkpoint(spec: RunSpec, checkpoint: Path | str, splits, probe: dict[
     for i in range(1, len(eig.eigenvalues)):
         out[f"hessian/lambda_{i + 1}"] = float(eig.eigenvalues[i])
     if probe["trace_probes"]:
-        tr = hessian.trace(model, loss, data, n_probes=probe["trace_probes"], **kw)
+        tr = hessian.trace(
+            model, loss, data, n_probes=probe["trace_probes"], method=probe.get("trace_method", "hutchinson"), **kw
+        )
         out["hessian/trace"], out["hessian/trace_stderr"] = float(tr.estimate), float(tr.stderr)
     opt = build_optimizer(spec.optimizer, model.named_parameters(), spec.hparams)
     opt.load_state_dict(ckpt["optimizer"])

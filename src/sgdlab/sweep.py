@@ -24,7 +24,18 @@ class SweepError(ValueError):
     """A sweep that cannot run as configured; the message names the params.yaml key."""
 
 
-PROBE_KEYS = ("every", "subset_size", "batch_size", "bn_mode", "k", "tol", "max_iter", "train_trace_probes", "seed")
+PROBE_KEYS = (
+    "every",
+    "subset_size",
+    "batch_size",
+    "bn_mode",
+    "k",
+    "tol",
+    "max_iter",
+    "train_trace_probes",
+    "trace_method",
+    "seed",
+)
 
 
 def probe_settings(cfg: Config) -> dict[str, Any] | None:
