@@ -20,7 +20,7 @@ def _project(tmp_path, mlflow_store, **over):
     params["study"]["name"] = "cli"
     params["data"].update({"datasets": ["xor"], "xor": {"n_train": 400, "n_test": 100}, "probe_size": 32})
     params["train"].update(
-        {"dataset": "xor", "steps": 1200, "log_every": 100, "eval_every": 0, "checkpoint_every": 300}
+        {"dataset": "xor", "steps": 600, "log_every": 100, "eval_every": 0, "checkpoint_every": 150}
     )
     params["sweep"].update(
         {
