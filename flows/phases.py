@@ -11,6 +11,7 @@ from sgdlab.paths import apply_prefect_env
 apply_prefect_env()
 
 import os  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -56,7 +57,7 @@ def parent_run(cfg: Config, name: str, data_hash: str = "", params: dict | None 
     tags = tracking.lineage_tags(cfg.study.name, data_hash, current_flow_run_id(), phase=name)
     run_id = tracking.start_run(exp_id, name, tags, params=params, parent_run_id=_PIPELINE["run_id"])
     create_link_artifact(
-        key=f"mlflow-{name}",
+        key="mlflow-" + re.sub(r"[^a-z0-9-]+", "-", name.lower()),  # Prefect keys: lowercase, digits, dashes
         link=tracking.run_url(exp_id, run_id),
         link_text=f"MLflow run {run_id} (start `sgdlab ui` first)",
         description=f"The MLflow run of this {name} flow run.",

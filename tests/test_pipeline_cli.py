@@ -19,9 +19,7 @@ def _project(tmp_path, mlflow_store, **over):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["study"]["name"] = "cli"
     params["data"].update({"datasets": ["xor"], "xor": {"n_train": 400, "n_test": 100}, "probe_size": 32})
-    params["train"].update(
-        {"dataset": "xor", "steps": 600, "log_every": 100, "eval_every": 0, "checkpoint_every": 150}
-    )
+    params["train"].update({"dataset": "xor", "steps": 600, "log_every": 100, "eval_every": 0, "checkpoint_every": 150})
     params["sweep"].update(
         {
             "optimizers": [{"name": "sgd", "lr": [0.05, 0.1, 0.2, 0.4]}],

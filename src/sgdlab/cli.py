@@ -386,6 +386,120 @@ def ui(
     raise typer.Exit(run_ui(host, port))
 
 
+recipe_app = typer.Typer(
+    no_args_is_help=True,
+    help="Paper recipes: one command runs a small study through the pipeline and checks a paper's claim.",
+)
+app.add_typer(recipe_app, name="recipe")
+ScaleOpt = typer.Option("quick", "--scale", help="quick (2 CPU cores, <= 5 min) | full (a GPU machine)")
+
+
+def _recipe_config(name: str, scale: str, set_: Optional[list[str]], params: Optional[Path]):
+    from sgdlab.config import ConfigError
+    from sgdlab.recipes import RecipeError, recipe_config
+
+    if params is not None:
+        os.environ["SGDLAB_HOME"] = str(Path(params).resolve().parent)
+    try:
+        cfg = recipe_config(name, scale, set_ or [], params)
+        from sgdlab.validate import validate_config
+
+        validate_config(cfg)
+        return cfg
+    except (ConfigError, RecipeError, ValueError) as exc:
+        typer.secho(f"recipe error:\n{exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """The recipes, their papers, and the last verdict at each scale (if checked)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sgdlab.config import load_config
+    from sgdlab.recipes import RecipeError, list_recipes, load_recipe_file, read_verdict, study_name
+    from sgdlab.study import Study
+
+    table = Table(title="sgdlab recipes (`sgdlab recipe run NAME`)")
+    for col in ("recipe", "claim", "paper", "quick", "full"):
+        table.add_column(col, overflow="fold")
+    base = load_config()
+    for name in list_recipes():
+        try:
+            rf = load_recipe_file(name)
+        except RecipeError as exc:
+            table.add_row(name, f"[red]{exc}[/red]", "", "", "")
+            continue
+        last = []
+        for scale in ("quick", "full"):
+            d = Study(base).results_dir.parent / study_name(name, scale)
+            v = read_verdict(d)
+            last.append("-" if v is None else v.label)
+        table.add_row(name, rf.title, rf.paper, *last)
+    Console(width=160).print(table)
+
+
+def _print_verdict(out: dict) -> None:
+    from sgdlab.recipes import Verdict
+
+    v = Verdict.from_dict(out["verdict"])
+    color = typer.colors.GREEN if v.passed else typer.colors.RED
+    for i, line in enumerate(v.lines()):
+        typer.secho(line, fg=color if i == 0 else None, bold=i == 0)
+
+
+@recipe_app.command("run")
+def recipe_run(
+    name: str = typer.Argument(..., help="recipe name (see `sgdlab recipe list`)"),
+    scale: str = ScaleOpt,
+    set_: Optional[list[str]] = SetOpt,
+    params: Optional[Path] = ParamsOpt,
+) -> None:
+    """Run a recipe's study (prepare -> sweep [-> probe]), check the claim, build the report. Exit code 0 on
+    PASS, 1 on FAIL (the numbers are printed either way and logged on the recipe's MLflow run)."""
+    cfg = _recipe_config(name, scale, set_, params)
+    from flows.recipes import run_recipe
+    from sgdlab import tracking
+    from sgdlab.data import DataFileError, SourceError
+
+    typer.echo(f"sgdlab recipe run {name} (scale {scale}): study {cfg.study.name!r}")
+    try:
+        out = run_recipe(cfg, name, scale)
+    except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in out["timings_s"].items())
+    typer.echo(f"done in {sum(out['timings_s'].values()):.0f} s ({timings})")
+    _print_verdict(out)
+    from sgdlab.recipes import recipe_paths
+    from sgdlab.study import Study
+
+    typer.echo(f"figure: {recipe_paths(Study(cfg).results_dir)['figure']}")
+    typer.echo(f"MLflow: {tracking.run_url(out['experiment_id'], out['mlflow_run_id'])} (start `sgdlab ui` first)")
+    raise typer.Exit(0 if out["verdict"]["verdict"] == "PASS" else 1)
+
+
+@recipe_app.command("check")
+def recipe_check(
+    name: str = typer.Argument(..., help="recipe name"),
+    scale: str = ScaleOpt,
+    set_: Optional[list[str]] = SetOpt,
+    params: Optional[Path] = ParamsOpt,
+) -> None:
+    """Re-check a recipe on its finished results (no training); exit code 0 on PASS, 1 on FAIL."""
+    cfg = _recipe_config(name, scale, set_, params)
+    from sgdlab.study import Study
+
+    runs = Study(cfg).results_dir / "runs.parquet"
+    if not runs.is_file():
+        _fail(FileNotFoundError(f"{runs}: recipe {name} has not run at scale {scale}; `sgdlab recipe run {name}`"))
+    from flows.recipes import run_recipe
+
+    out = run_recipe(cfg, name, scale, check_only=True)
+    _print_verdict(out)
+    raise typer.Exit(0 if out["verdict"]["verdict"] == "PASS" else 1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

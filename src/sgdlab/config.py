@@ -207,8 +207,9 @@ class OptimizerEntry(_Frozen):
 class VariantConfig(_Frozen):
     """An SDE-motivated transform applied to every base run of the sweep (adds runs, keeps the base)."""
 
-    rule: Literal["linear", "sqrt", "svag"]
-    factor: float = Field(gt=0.0)  # kappa for linear/sqrt, l for svag
+    # linear (SGD family), sqrt (Adam/RMSprop), svag; batch_only and linear_lr are the baselines (any optimizer)
+    rule: Literal["linear", "sqrt", "svag", "batch_only", "linear_lr"]
+    factor: float = Field(gt=0.0)  # kappa for linear/sqrt/batch_only/linear_lr, l for svag
 
 
 class SweepConfig(_Frozen):

@@ -85,9 +85,11 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
         "linear": (scaling.linear_scaling, scaling.LINEAR_OPTIMIZERS),
         "sqrt": (scaling.sqrt_scaling, scaling.SQRT_OPTIMIZERS),
         "svag": (scaling.svag, scaling.SVAG_SGD_OPTIMIZERS + scaling.SVAG_ADAM_OPTIMIZERS),
+        "batch_only": (scaling.batch_only, None),  # baselines: every optimizer
+        "linear_lr": (scaling.linear_lr, None),
     }
     fn, covered = rules[v.rule]
-    if spec.optimizer not in covered:
+    if covered is not None and spec.optimizer not in covered:
         return None
     factor = int(v.factor) if float(v.factor).is_integer() else v.factor
     s = scaling.OptimSetting(spec.optimizer, spec.hparams, spec.batch_size, spec.steps)
@@ -105,7 +107,8 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
         steps=out.steps,
         variant=f"{v.rule}x{v.factor:g}",
         base_key=spec.key,
-        loop={**spec.loop, "schedule": map_schedule(spec.loop["schedule"], spec.steps, out.steps)},
+        loop=map_loop(spec.loop, spec.steps, out.steps),
+        probe=map_probe(spec.probe, spec.steps, out.steps),
     )
 
 
@@ -127,6 +130,32 @@ def map_schedule(schedule: dict[str, Any], base_steps: int, new_steps: int) -> d
         if key in out and out[key]:
             out[key] = max(1, int(round(out[key] * ratio)))
     return out
+
+
+CADENCE_FIELDS = ("log_every", "eval_every", "checkpoint_every")  # loop settings counted in steps
+
+
+def _scaled_cadence(every: int, ratio: float) -> int:
+    return 0 if not every else max(1, int(round(every * ratio)))
+
+
+def map_loop(loop: dict[str, Any], base_steps: int, new_steps: int) -> dict[str, Any]:
+    """The base run's loop settings for a variant: the schedule (:func:`map_schedule`) and the logging,
+    evaluation and checkpoint cadences scaled by ``new_steps / base_steps``, so a variant logs, evaluates
+    and saves at the same points in epochs / SDE time as its base run (its curves can be compared point for
+    point; rounded to whole steps, at least 1)."""
+    ratio = new_steps / base_steps
+    out = {**loop, "schedule": map_schedule(loop["schedule"], base_steps, new_steps)}
+    for key in CADENCE_FIELDS:
+        out[key] = _scaled_cadence(loop[key], ratio)
+    return out
+
+
+def map_probe(probe: dict[str, Any] | None, base_steps: int, new_steps: int) -> dict[str, Any] | None:
+    """In-training probe settings for a variant: the probe cadence scaled like :func:`map_loop`."""
+    if probe is None:
+        return None
+    return {**probe, "every": _scaled_cadence(probe["every"], new_steps / base_steps)}
 
 
 def _check_loop(cfg: Config, loop: dict[str, Any], batch_size: int, steps: int) -> None:
@@ -198,8 +227,14 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
                         f"{new.batch_size} of {spec.label} exceeds the {n_train} training examples"
                     )
                 specs.append(new)
-    for bs, steps in sorted({(s.batch_size, s.steps) for s in specs}):
-        _check_loop(cfg, loop, bs, steps)
+    import json
+
+    checked = set()
+    for s in specs:  # each distinct loop once (variants have their own cadences)
+        sig = (s.batch_size, s.steps, json.dumps(s.loop, sort_keys=True))
+        if sig not in checked:
+            checked.add(sig)
+            _check_loop(cfg, s.loop, s.batch_size, s.steps)
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):  # duplicates in the grid (e.g. the same lr twice): keep one of each
         seen: set[str] = set()

@@ -9,6 +9,10 @@
   (p <- p - lr*wd*p per step) is scaled x sqrt(kappa) so that the decay per unit SDE time
   (lr^2 per step) is unchanged: (steps/kappa) * (sqrt(kappa) lr) * wd' = steps * lr * wd.
   Adam's L2 weight decay is part of the loss and stays.
+* :func:`batch_only` and :func:`linear_lr` — the baselines a scaling rule is judged against (Malladi et
+  al. 2022 compare the square-root rule with both): batch x kappa and steps / kappa with every
+  hyper-parameter kept ("no rescaling"), or with only the lr x kappa (the linear rule applied to any
+  optimizer, also outside its validity). They cover every optimizer.
 * :func:`svag` — SVAG (Li, Malladi, Arora 2021; Adam form Malladi et al. 2022). SGD form: the
   optimizer becomes "svag" with the same base lr and ``l`` (the svag optimizer itself steps
   lr / l), steps x l. Adam/RMSprop form: "svag_adam" with the base hparams and ``l`` (it applies
@@ -35,6 +39,8 @@ __all__ = [
     "SVAG_SGD_OPTIMIZERS",
     "OptimSetting",
     "ScalingError",
+    "batch_only",
+    "linear_lr",
     "linear_scaling",
     "sqrt_scaling",
     "svag",
@@ -133,6 +139,30 @@ def linear_scaling(s: OptimSetting, kappa) -> OptimSetting:
     rule = "linear_scaling"
     k = _kappa(kappa, rule)
     h = _check_opt(s, LINEAR_OPTIMIZERS, rule)
+    batch = _int(s.batch_size * k, "batch_size * kappa", rule)
+    steps = _int(s.steps / k, "steps / kappa", rule)
+    h["lr"] = float(_q(h["lr"]) * k)
+    return replace(s, hparams=h, batch_size=batch, steps=steps)
+
+
+# ---- baselines (any optimizer) -----------------------------------------------------------------
+def batch_only(s: OptimSetting, kappa) -> OptimSetting:
+    """No rescaling: batch x kappa, steps / kappa (same epochs), every hyper-parameter unchanged."""
+    rule = "batch_only"
+    k = _kappa(kappa, rule)
+    h = resolve_hparams(s.optimizer, s.hparams)
+    batch = _int(s.batch_size * k, "batch_size * kappa", rule)
+    steps = _int(s.steps / k, "steps / kappa", rule)
+    return replace(s, hparams=h, batch_size=batch, steps=steps)
+
+
+def linear_lr(s: OptimSetting, kappa) -> OptimSetting:
+    """The linear rule applied to any optimizer: batch x kappa, lr x kappa, steps / kappa, nothing else
+    changed (for SGD this is :func:`linear_scaling`; for Adam it is the baseline the square-root rule
+    beats)."""
+    rule = "linear_lr"
+    k = _kappa(kappa, rule)
+    h = resolve_hparams(s.optimizer, s.hparams)
     batch = _int(s.batch_size * k, "batch_size * kappa", rule)
     steps = _int(s.steps / k, "steps / kappa", rule)
     h["lr"] = float(_q(h["lr"]) * k)
