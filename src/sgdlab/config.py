@@ -183,6 +183,7 @@ class OptimizerEntry(_Frozen):
     name: str
     lr: float | tuple[float, ...]
     hparams: dict[str, Any] = Field(default_factory=dict)
+    schedule: ScheduleConfig | None = None  # this family's lr schedule (None: train.schedule)
 
     @field_validator("lr")
     @classmethod

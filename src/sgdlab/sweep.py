@@ -185,12 +185,13 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
                 hps.append(resolve_hparams(opt.name, {**opt.hparams, "lr": lr}))
             except (OptimizerConfigError, ValueError) as exc:
                 raise SweepError(f"params.yaml: sweep.optimizers[{i}] ({opt.name}): {exc}") from None
-        resolved.append((opt.name, hps))
+        resolved.append((opt.name, hps, opt.schedule))
     loop = loop_settings(cfg)
     probe = probe_settings(cfg)
     specs: list[RunSpec] = []
     for m in sw.models:
-        for name, hps in resolved:
+        for name, hps, schedule in resolved:
+            run_loop = loop if schedule is None else {**loop, "schedule": schedule.model_dump()}
             for hp in hps:
                 for bs in sw.batch_sizes:
                     for frac in sw.train_fractions:
@@ -212,7 +213,7 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
                                         bs,
                                         steps,
                                         seed,
-                                        loop,
+                                        run_loop,
                                         probe,
                                     )
                                 )

@@ -1,7 +1,9 @@
 """A recipe's verdict: each criterion as stated before the runs, the number measured, PASS/FAIL.
 
 A :class:`Criterion` is one comparison ``value <op> threshold`` with the sentence that states it; a
-:class:`Verdict` passes when it has criteria and every one passes. A value that could not be measured
+:class:`Verdict` passes when it has gating criteria and every one passes. A non-gating criterion is a part of
+the claim that is reported ("shows" / "does not show") but does not decide the verdict; which parts gate is
+fixed in the recipe's code and file before anything runs. A value that could not be measured
 (a group with no finished run, a diverged run) is NaN and fails, with the reason in ``notes``.
 """
 
@@ -25,6 +27,7 @@ class Criterion:
     value: float
     op: str
     threshold: float
+    gating: bool = True  # False: a part of the claim reported (shows / does not show) without deciding the verdict
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -36,7 +39,7 @@ class Criterion:
         return not (math.isnan(v) or math.isnan(t)) and bool(OPS[self.op](v, t))
 
     def line(self) -> str:
-        mark = "PASS" if self.passed else "FAIL"
+        mark = ("PASS" if self.passed else "FAIL") if self.gating else ("shows" if self.passed else "does not show")
         return f"[{mark}] {self.name}: {_num(self.value)} {self.op} {_num(self.threshold)} -- {self.statement}"
 
 
@@ -52,7 +55,8 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        return bool(self.criteria) and all(c.passed for c in self.criteria)
+        gating = [c for c in self.criteria if c.gating]
+        return bool(gating) and all(c.passed for c in gating)
 
     @property
     def label(self) -> str:
@@ -80,7 +84,9 @@ class Verdict:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
         crit = tuple(
-            Criterion(c["name"], c["statement"], float(c["value"]), c["op"], float(c["threshold"]))
+            Criterion(
+                c["name"], c["statement"], float(c["value"]), c["op"], float(c["threshold"]), c.get("gating", True)
+            )
             for c in d["criteria"]
         )
         return cls(d["recipe"], d["claim"], crit, dict(d.get("numbers", {})), tuple(d.get("notes", ())))

@@ -62,6 +62,11 @@ class LocalSGD(torch.optim.Optimizer):
     def _all(self):
         return [(g, p) for g in self.param_groups for p in g["params"]]
 
+    def log_metrics(self) -> dict[str, float]:
+        """Logged by the training loop at every log point: the current round's H and the rounds done."""
+        g0 = self.param_groups[0]
+        return {"local_sgd/H": float(g0["H"]), "local_sgd/rounds": float(g0["round"])}
+
     def _init_state(self) -> None:
         for g, p in self._all():
             st = self.state[p]
