@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian serve study-gan
+.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian serve study-gan recipes
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHess
 
 serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
 	sgdlab serve
+
+recipes: setup ## every paper recipe at quick scale, each ends with its PASS/FAIL check (slow: ~12 min on 2 cores)
+	@for r in $$(.venv/bin/python -c "from sgdlab.recipes import list_recipes; print(' '.join(list_recipes()))"); do \
+		.venv/bin/sgdlab recipe run $$r || echo "recipe $$r: FAIL (see above)"; done
 
 study-gan: setup ## the GAN-predictor study: >= 30 classifiers on Fashion-MNIST, every predictor scored (slow)
 	sgdlab run --profile population --set study.name=population

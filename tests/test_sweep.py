@@ -201,3 +201,39 @@ def test_variants_keep_the_schedule_in_epochs_or_sde_time():
     assert specs[("svag", "svagx2")].loop["schedule"]["step_size"] == 40
     assert specs[("svag_adam", "svagx2")].loop["schedule"]["step_size"] == 80  # l^2 x as many steps
     assert specs[("rmsprop_bc", "sqrtx2")].loop["schedule"]["step_size"] == 10
+
+
+def test_variants_keep_cadences_in_epochs_and_baseline_rules_cover_every_optimizer():
+    cfg = _cfg(
+        train={"steps": 40, "log_every": 8, "eval_every": 20, "checkpoint_every": 20},
+        probe={"every": 10},
+        sweep={
+            "optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "adam", "lr": 0.003}],
+            "seeds": [0],
+            "variants": [
+                {"rule": "svag", "factor": 4},
+                {"rule": "batch_only", "factor": 2},
+                {"rule": "linear_lr", "factor": 4},
+            ],
+        },
+    )
+    sv = next(s for s in expand(cfg, _data(), 180) if s.variant == "svagx4" and s.optimizer == "svag")
+    assert sv.steps == 160 and sv.loop["log_every"] == 32 and sv.loop["eval_every"] == 80
+    assert sv.loop["checkpoint_every"] == 80 and sv.probe["every"] == 40  # the same SDE times as the base
+    by = [s for s in expand(cfg, _data(), 180) if s.variant == "batch_onlyx2"]
+    assert {s.optimizer for s in by} == {"sgd", "adam"}  # a baseline covers every optimizer
+    adam_b = next(s for s in by if s.optimizer == "adam")
+    assert adam_b.batch_size == 64 and adam_b.steps == 20 and adam_b.hparams["lr"] == 0.003
+    assert adam_b.loop["log_every"] == 4 and adam_b.loop["eval_every"] == 10
+    lin = next(s for s in expand(cfg, _data(), 180) if s.variant == "linear_lrx4" and s.optimizer == "adam")
+    assert lin.hparams["lr"] == pytest.approx(0.012) and lin.hparams["betas"] == (0.9, 0.999) and lin.steps == 10
+
+
+def test_an_optimizer_entry_can_carry_its_own_schedule():
+    cosine = {"kind": "cosine", "warmup_steps": 0, "min_lr_ratio": 0.1}
+    cfg = _cfg(sweep={"optimizers": [{"name": "sgd", "lr": 0.1}, {"name": "sgd", "lr": 0.2, "schedule": cosine}]})
+    specs = expand(cfg, _data(), 180)
+    kinds = {s.hparams["lr"]: s.loop["schedule"]["kind"] for s in specs}
+    assert kinds == {0.1: "constant", 0.2: "cosine"}
+    with pytest.raises(Exception, match="kind"):
+        _cfg(sweep={"optimizers": [{"name": "sgd", "lr": 0.1, "schedule": {"kind": "zigzag"}}]})

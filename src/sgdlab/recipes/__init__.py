@@ -143,9 +143,11 @@ def get_recipe(name: str) -> Recipe:
 
 # -------------------------------------------------------------------------------------------- files
 def recipes_dir() -> Path:
+    """``recipes/`` of the project (``SGDLAB_HOME``), else the one beside this code's checkout."""
     from sgdlab.paths import project_root
 
-    return project_root() / "recipes"
+    here = project_root() / "recipes"
+    return here if here.is_dir() else Path(__file__).resolve().parents[3] / "recipes"
 
 
 def load_recipe_file(name: str, directory: Path | None = None) -> RecipeFile:
