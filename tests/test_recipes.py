@@ -299,7 +299,7 @@ def _project(tmp_path, mlflow_store):
     }
 
 
-def test_tiny_recipe_run_logs_its_verdict_and_recheck_agrees(tmp_path, mlflow_store):
+def test_tiny_recipe_run_logs_its_verdict_and_recheck_agrees(tmp_path, mlflow_store, prefect_harness, monkeypatch):
     """label_noise at 600 steps (the claim needs 10k: expect FAIL), through prepare -> sweep -> probe -> report."""
     env = _project(tmp_path, mlflow_store)
     sets = [
@@ -325,7 +325,8 @@ def test_tiny_recipe_run_logs_its_verdict_and_recheck_agrees(tmp_path, mlflow_st
     out = tmp_path / "results" / "recipe-label_noise"
     verdict = json.loads((out / "recipe" / "check.json").read_text())
     assert (out / "recipe" / "figure.png").stat().st_size > 10_000
-    assert (out / "report" / "index.html").is_file() or any((out / "report").glob("*.html"))
+    html = (out / "report" / "report.html").read_text()
+    assert "Recipe check: label_noise" in html and f"recipe label_noise: {verdict['verdict']}" in html
     assert verdict["verdict"] == ("PASS" if run.returncode == 0 else "FAIL")
     assert {c["name"] for c in verdict["criteria"]} >= {"label_noise.test_mse", "trace_ratio"}
 
@@ -340,30 +341,32 @@ def test_tiny_recipe_run_logs_its_verdict_and_recheck_agrees(tmp_path, mlflow_st
     assert p.data.metrics["check/passed"] == float(verdict["verdict"] == "PASS")
     assert p.data.metrics["check/label_noise.test_mse"] == pytest.approx(verdict["criteria"][0]["value"])
 
-    again = subprocess.run(
-        [*SGDLAB, "recipe", "check", "label_noise", *sets],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert again.returncode == run.returncode, again.stderr[-3000:]
+    from typer.testing import CliRunner
+
+    from sgdlab.cli import app
+
+    monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))  # the check in-process, on the session's Prefect API
+    again = CliRunner().invoke(app, ["recipe", "check", "label_noise", *sets])
+    assert again.exit_code == run.returncode, again.output[-3000:]
     assert json.loads((out / "recipe" / "check.json").read_text())["criteria"] == verdict["criteria"]
     assert len(client.search_runs([exp.experiment_id], "tags.recipe = 'label_noise'")) == 2
 
 
-def test_recipe_check_before_any_run_says_what_to_do(tmp_path, mlflow_store):
+def test_recipe_check_before_any_run_says_what_to_do(tmp_path, mlflow_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sgdlab.cli import app
+
     env = _project(tmp_path, mlflow_store)
-    out = subprocess.run(
-        [*SGDLAB, "recipe", "check", "svag"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 1
-    assert "has not run" in out.stderr and "sgdlab recipe run svag" in out.stderr
-    bad = subprocess.run(
-        [*SGDLAB, "recipe", "run", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert bad.returncode == 2 and "unknown recipe 'nope'" in bad.stderr
+    monkeypatch.setenv("SGDLAB_HOME", env["SGDLAB_HOME"])
+    runner = CliRunner()
+    out = runner.invoke(app, ["recipe", "check", "svag"])
+    assert out.exit_code == 1
+    assert "has not run" in out.output and "sgdlab recipe run svag" in out.output
+    bad = runner.invoke(app, ["recipe", "run", "nope"])
+    assert bad.exit_code == 2 and "unknown recipe 'nope'" in bad.output
+    listed = runner.invoke(app, ["recipe", "list"])
+    assert listed.exit_code == 0 and all(n in listed.output for n in ("svag", "label_noise", "local_sgd"))
 
 
 # ------------------------------------------------------------------------------------ quick scale (slow)

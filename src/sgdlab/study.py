@@ -260,3 +260,10 @@ class FinishedRun:
 
 _cache_lock = threading.Lock()
 _splits_cache: dict[tuple, Any] = {}
+
+
+def recipe_paths(results_dir: Path | str) -> dict[str, Path]:
+    """A recipe's own outputs beside the study's tables (``sgdlab recipe``): ``recipe/check.json`` (the verdict),
+    ``recipe/figure.png`` (the paper's figure), ``recipe/curves.json`` (what the check read)."""
+    d = Path(results_dir) / "recipe"
+    return {"dir": d, "check": d / "check.json", "figure": d / "figure.png", "curves": d / "curves.json"}

@@ -34,6 +34,31 @@ def fetch_curves(rows: list[dict]) -> dict:
     return curves
 
 
+def _recipe_check(study: Study):
+    """(title, verdict lines, figure) when a recipe checked this study (``sgdlab recipe run``), else None."""
+    import json
+
+    from sgdlab.study import recipe_paths
+
+    p = recipe_paths(study.results_dir)
+    if not p["check"].is_file():
+        return None
+    try:
+        v = json.loads(p["check"].read_text())
+        lines = [f"recipe {v['recipe']}: {v['verdict']} (scale {v.get('scale', '?')}); claim: {v['claim']}"]
+        for c in v["criteria"]:
+            mark = (
+                ("PASS" if c["passed"] else "FAIL")
+                if c.get("gating", True)
+                else ("shows" if c["passed"] else "does not show")
+            )
+            lines.append(f"[{mark}] {c['name']}: {c['value']:.4g} {c['op']} {c['threshold']:.4g} ({c['statement']})")
+        lines += [f"note: {n}" for n in v.get("notes", [])]
+    except (ValueError, KeyError, TypeError) as exc:
+        return (p["check"].name, [f"{p['check']} is unreadable: {exc}"], p["figure"])
+    return (v["recipe"], lines, p["figure"])
+
+
 def unit(study: Study, payload: dict, ctx: dict) -> dict:
     from sgdlab.report import build_report
 
@@ -51,6 +76,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
         curves=fetch_curves(rows),
         gan_grid=grid if grid.is_file() else None,
         notes=notes,
+        recipe=_recipe_check(study),
     )
     return {"html": str(res.html), "figures": [str(f) for f in res.figures], "skipped": [list(s) for s in res.skipped]}
 

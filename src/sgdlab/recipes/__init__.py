@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sgdlab.recipes.verdict import Criterion, Verdict
+from sgdlab.study import recipe_paths
 
 __all__ = [
     "RECIPES",
@@ -220,12 +221,6 @@ def recipe_config(
     raw = _deep_merge(raw, {"study": {"name": study}, "data": {"root": f"data/recipes/{study}"}})
     raw = apply_overrides(raw, list(overrides))
     return from_dict(raw, source=f"{path.name} + recipes/{name}.yaml (scale {scale})")
-
-
-def recipe_paths(results_dir: Path) -> dict[str, Path]:
-    """Where a recipe's own outputs go, beside the study's tables: ``recipe/check.json``, the figure."""
-    d = Path(results_dir) / "recipe"
-    return {"dir": d, "check": d / "check.json", "figure": d / "figure.png", "curves": d / "curves.json"}
 
 
 def read_verdict(results_dir: Path) -> Verdict | None:

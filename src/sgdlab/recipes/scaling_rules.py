@@ -187,11 +187,11 @@ def linear_figure(data: RecipeData, c: LinearCriteria, verdict: Verdict):
     ks = [k for k in c.kappas if k != 1]
     qs = [st.studentized_gap(g, k, 1) for k in ks]
     ax = axes[0, 2]
-    ax.plot([k * c.base_lr for k in ks], qs, "o-", color="k", label="|Δ| / (s/√n) vs κ=1")
+    ax.plot([k * c.base_lr for k in ks], [max(q, 1e-2) for q in qs], "o-", color="k", label="|Δ| / (s/√n) vs κ=1")
     ax.axhline(st.q_critical(g.k, g.dof, c.alpha), color="r", ls="--", label=f"Tukey q_{{{1 - c.alpha:g}}}")
     ax.axvline(c.small_kappa_lr, color="grey", ls=":", label="'small κ·lr' bound")
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1)
+    ax.set_yscale("log")
     ax.set_xlabel("κ × lr (the scaled run's lr)")
     ax.set_ylabel("departure of the averaged train loss (seed-noise units)")
     ax.legend(fontsize=7)

@@ -184,6 +184,7 @@ def build_report(
     curves: dict[str, dict[str, list[tuple[int, float]]]],
     gan_grid: Path | None = None,
     notes: list[str] | None = None,
+    recipe: tuple[str, list[str], Path] | None = None,
 ) -> ReportResult:
     """Write the study report into ``out_dir``: PNG figures and ``report.html`` (self-contained).
 
@@ -196,6 +197,8 @@ def build_report(
             ``hessian/lambda_max``, ``hessian/threshold``, ``hessian/precond_lambda_max``; any may be absent).
         gan_grid: a PNG of GAN samples to embed, if the GAN phase ran.
         notes: free-text lines shown near the top of the page.
+        recipe: ``(title, verdict lines, figure PNG)`` of a recipe check on this study (``sgdlab recipe``):
+            the lines join the notes, the figure is embedded first.
 
     Raises:
         FileNotFoundError: ``results_dir/runs.parquet`` does not exist.
@@ -239,6 +242,17 @@ def build_report(
             skipped.append((stem, reason or "no data"))
             if stem in REPORT_FIGURES:  # a declared DVC plot: a file that says why, so the stage's outs exist
                 _placeholder(out_dir / f"{stem}.png", title, reason or "no data")
+
+    if recipe is not None:
+        title, lines, png = recipe
+        notes = [*lines, *(notes or [])]
+        if Path(png).is_file():
+            dst = out_dir / "recipe_check.png"
+            shutil.copyfile(png, dst)
+            entries.insert(0, FigureEntry(0, f"Recipe check: {title}", lines[0], dst, None))
+            written.append(dst)
+        else:
+            entries.insert(0, FigureEntry(0, f"Recipe check: {title}", lines[0], None, f"{png} not found"))
 
     tables = [sweep_summary(data.runs), runs_table(data.runs)]
     missing_tables = []
