@@ -378,6 +378,7 @@ QUICK_EXPECTED = {
     "sqrt_scaling": "FAIL",
     "label_noise": "PASS",
     "local_sgd": "PASS",
+    "large_step_logistic": "PASS",
 }
 
 
@@ -395,3 +396,31 @@ def test_recipe_at_quick_scale(name, tmp_path, mlflow_store):
     assert verdict["verdict"] == "PASS", "\n".join(
         f"{c['name']}: {c['value']} {c['op']} {c['threshold']}" for c in verdict["criteria"]
     )
+
+
+def _logistic_tables(large_increases: int, large_sep: int) -> RecipeData:
+    rows, curves = [], {}
+    for lr, sep, inc in ((0.1, 40, 0), (10.0, 10, 0), (1000.0, large_sep, large_increases)):
+        for seed in range(3):
+            key = f"{lr}-{seed}"
+            loss = list(np.geomspace(1.0, 1e-4, 60))
+            for k in range(inc):  # bumps: the loss goes up between consecutive steps
+                loss[5 + 3 * k] = loss[4 + 3 * k] * 2
+            acc = [0.5 if s < sep else 1.0 for s in range(1, 61)]
+            rows.append(_run(key, optimizer="sgd", lr=lr, seed=seed, **{"train/acc": 1.0}))
+            curves[key] = {"train/loss": list(enumerate(loss, 1)), "train/acc": list(enumerate(acc, 1))}
+    return RecipeData(rows, curves)
+
+
+def test_large_step_logistic_check_pass_and_fail():
+    c = _crit("large_step_logistic").model_copy(update={"lrs": (0.1, 10.0, 1000.0)})
+    check = get_recipe("large_step_logistic").check
+    good = check(_logistic_tables(3, 6), c)
+    assert good.passed, good.lines()
+    assert good.numbers["lr0.1.steps_to_separation"] == 40 and good.numbers["lr1000.loss_increases"] == 3
+    assert not check(_logistic_tables(0, 6), c).passed  # monotone at the largest lr
+    assert not check(_logistic_tables(3, 30), c).passed  # not faster
+    unsep = _logistic_tables(3, 6)
+    unsep.runs[0]["train/acc"] = 0.99
+    assert not check(unsep, c).passed
+    get_recipe("large_step_logistic").figure(_logistic_tables(3, 6), c, good)

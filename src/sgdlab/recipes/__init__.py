@@ -123,7 +123,7 @@ def register(recipe: Recipe) -> Recipe:
 
 
 def _load_builtin() -> None:
-    from sgdlab.recipes import label_noise, local_sgd, scaling_rules, svag  # noqa: F401  (they register)
+    from sgdlab.recipes import label_noise, large_step_logistic, local_sgd, scaling_rules, svag  # noqa: F401
 
 
 def list_recipes() -> list[str]:
