@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sgdlab.recipes import RecipeData, RecipeError, get_recipe, list_recipes, load_recipe_file, recipe_config
 from sgdlab.recipes import stats as st
@@ -370,8 +371,8 @@ def test_recipe_check_before_any_run_says_what_to_do(tmp_path, mlflow_store, mon
 
 
 # ------------------------------------------------------------------------------------ quick scale (slow)
-# Measured on this 2-core machine (2026-12-02): label_noise, linear_scaling and local_sgd PASS; svag and
-# sqrt_scaling FAIL at quick scale with the criteria fixed before their runs (see the README's Recipes section).
+# Measured on this 2-core machine (2026-12-02): label_noise, linear_scaling, local_sgd, large_step_logistic and
+# xor PASS; svag, sqrt_scaling and cnn_vs_fc FAIL at quick scale with the criteria fixed before their runs (see the README's Recipes section).
 QUICK_EXPECTED = {
     "svag": "FAIL",
     "linear_scaling": "PASS",
@@ -379,6 +380,8 @@ QUICK_EXPECTED = {
     "label_noise": "PASS",
     "local_sgd": "PASS",
     "large_step_logistic": "PASS",
+    "cnn_vs_fc": "FAIL",
+    "xor": "PASS",
 }
 
 
@@ -424,3 +427,65 @@ def test_large_step_logistic_check_pass_and_fail():
     unsep.runs[0]["train/acc"] = 0.99
     assert not check(unsep, c).passed
     get_recipe("large_step_logistic").figure(_logistic_tables(3, 6), c, good)
+
+
+def _sample_tables(err_of) -> RecipeData:
+    rows = []
+    for model in ("cnn", "mlp"):
+        for n in (100, 300, 1000, 3000):
+            for seed in range(3):
+                e = err_of(model, n) + 0.002 * RNG.standard_normal()
+                rows.append(_run(f"{model}-{n}-{seed}", model=model, n_train=n, seed=seed, **{"test/acc": 1 - e}))
+    return RecipeData(rows)
+
+
+def test_cnn_vs_fc_check_pass_and_fail():
+    from sgdlab.recipes.cnn_vs_fc import n_at
+
+    assert n_at(np.array([100.0, 1000.0]), np.array([0.3, 0.1]), 0.2) == pytest.approx(math.sqrt(100 * 1000))
+    assert math.isnan(n_at(np.array([100.0]), np.array([0.3]), 0.2))
+    c = _crit("cnn_vs_fc")
+    check = get_recipe("cnn_vs_fc").check
+    # error halves per decade of n; the CNN's curve is the MLP's shifted by a factor 10 in n
+    good = check(_sample_tables(lambda m, n: 0.4 * (n * (10 if m == "cnn" else 1) / 100) ** -0.3), c)
+    assert good.passed, good.lines()
+    assert good.numbers["sample_ratio"] == pytest.approx(0.1, rel=0.1)
+    same = check(_sample_tables(lambda m, n: 0.4 * (n / 100) ** -0.3), c)
+    assert not same.passed and same.numbers["sample_ratio"] == pytest.approx(1.0, rel=0.05)
+    never = check(_sample_tables(lambda m, n: 0.1 if m == "cnn" else 0.3), c)  # the MLP never reaches 0.2
+    assert never.passed and any("upper bound" in n for n in never.notes)
+    get_recipe("cnn_vs_fc").figure(_sample_tables(lambda m, n: 0.2), c, good)
+
+
+def _xor_tables(acc_small: float, frac_large: float) -> RecipeData:
+    rows, measures, curves = [], {}, {}
+    for n, acc, frac in ((100, acc_small, 0.04), (400, 0.9, 0.5), (3200, 1.0, frac_large)):
+        for seed in range(3):
+            key = f"{n}-{seed}"
+            rows.append(_run(key, n_train=n, seed=seed, **{"test/acc": acc}))
+            measures[key] = {"ij_fraction": frac, "d": 100.0}
+            curves[key] = {"features/top2_fraction": [(50, 0.1), (1500, frac)]}
+    return RecipeData(rows, curves, measures)
+
+
+def test_xor_check_pass_and_fail():
+    c = _crit("xor")
+    check = get_recipe("xor").check
+    good = check(_xor_tables(0.52, 0.98), c)
+    assert good.passed, good.lines()
+    assert good.numbers["n_at_acc_0.9"] == 400 and good.numbers["init_fraction_2_over_d"] == 0.02
+    assert not check(_xor_tables(0.9, 0.98), c).passed  # no transition in the sweep
+    assert not check(_xor_tables(0.52, 0.2), c).passed  # no feature concentration
+    get_recipe("xor").figure(_xor_tables(0.52, 0.98), c, good)
+
+
+def test_two_layer_net_logs_its_feature_concentration():
+    from sgdlab.models import build_model
+
+    m = build_model("two_layer_relu", (10,), 2, seed=0, width=8)
+    with torch.no_grad():
+        m.w.zero_()
+        m.w[:, 3] = 1.0
+        m.w[:, 7] = 1.0
+        m.w[0, 0] = 1.0
+    assert m.log_metrics()["features/top2_fraction"] == pytest.approx(16 / 17)

@@ -89,6 +89,16 @@ class TwoLayerReLU(nn.Module):
         else:
             self.a = nn.Parameter(a)  # (out, m)
 
+    @torch.no_grad()
+    def log_metrics(self) -> dict[str, float]:
+        """Logged by the training loop at every log point: how concentrated the first layer is on few input
+        coordinates. ``features/top2_fraction`` = the share of ||W||_F^2 (W = ``w``, (m, d)) on the two input
+        coordinates with the largest column norms (2/d in expectation at an isotropic init; near 1 when every
+        neuron looks at the same two coordinates, as for XOR on the hypercube)."""
+        col = (self.w.detach().double() ** 2).sum(0)  # (d,)
+        top = col.topk(min(2, col.numel())).values.sum()
+        return {"features/top2_fraction": float(top / col.sum().clamp_min(1e-300))}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.flatten(x) @ self.w.T  # (N, m)
         if self.b is not None:

@@ -123,7 +123,15 @@ def register(recipe: Recipe) -> Recipe:
 
 
 def _load_builtin() -> None:
-    from sgdlab.recipes import label_noise, large_step_logistic, local_sgd, scaling_rules, svag  # noqa: F401
+    from sgdlab.recipes import (  # noqa: F401  (they register)
+        cnn_vs_fc,
+        label_noise,
+        large_step_logistic,
+        local_sgd,
+        scaling_rules,
+        svag,
+        xor,
+    )
 
 
 def list_recipes() -> list[str]:

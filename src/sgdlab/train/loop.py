@@ -356,8 +356,9 @@ class _Run:
         losses, loss0 = vals[:n], vals[n]
         reason = find_divergence(losses, self.win_start, loss0, self.cfg.blowup_factor)
         metrics = {"train/loss": sum(losses) / n, "lr": lr}
-        if hasattr(self.opt, "log_metrics"):  # optimizer state worth a curve (e.g. Local SGD's H per round)
-            metrics.update(self.opt.log_metrics())
+        for owner in (self.opt, self.model):  # state worth a curve (Local SGD's H per round, feature concentration)
+            if hasattr(owner, "log_metrics"):
+                metrics.update(owner.log_metrics())
         if hits is not None:
             metrics["train/acc"] = vals[n + 1] / vals[n + 2]
         self.win_loss, self.win_logits, self.win_labels, self.win_hits = [], [], [], []
