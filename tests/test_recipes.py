@@ -372,7 +372,7 @@ def test_recipe_check_before_any_run_says_what_to_do(tmp_path, mlflow_store, mon
 
 # ------------------------------------------------------------------------------------ quick scale (slow)
 # Measured on this 2-core machine (2026-12-02): label_noise, linear_scaling, local_sgd, large_step_logistic and
-# xor PASS; svag, sqrt_scaling and cnn_vs_fc FAIL at quick scale with the criteria fixed before their runs (see the README's Recipes section).
+# xor PASS; svag, sqrt_scaling, cnn_vs_fc and eos FAIL at quick scale with the criteria fixed before their runs (see the README's Recipes section).
 QUICK_EXPECTED = {
     "svag": "FAIL",
     "linear_scaling": "PASS",
@@ -382,6 +382,7 @@ QUICK_EXPECTED = {
     "large_step_logistic": "PASS",
     "cnn_vs_fc": "FAIL",
     "xor": "PASS",
+    "eos": "FAIL",
 }
 
 
@@ -489,3 +490,58 @@ def test_two_layer_net_logs_its_feature_concentration():
         m.w[:, 7] = 1.0
         m.w[0, 0] = 1.0
     assert m.log_metrics()["features/top2_fraction"] == pytest.approx(16 / 17)
+
+
+def _eos_tables(momentum_after: float) -> RecipeData:
+    rows, curves = [], {}
+    probes = list(range(20, 601, 20))
+    for opt, thr in (("sgd", 20.0), ("momentum", 19.0), ("adam", 12667.0), ("normalized_gd", 20.0)):
+        key = opt
+        ratio = [0.4 + 0.6 * min(1.0, s / 200) for s in probes]  # sharpening to the edge by step 200
+        if opt == "momentum":
+            ratio = [r if s <= 200 else momentum_after for r, s in zip(ratio, probes)]
+        lam_key = "hessian/precond_lambda_max" if opt == "adam" else "hessian/lambda_max"
+        loss = [1.0 / (1 + 0.01 * s) * (1.05 if s % 50 == 0 else 1.0) for s in range(1, 601)]  # bumps
+        rows.append(_run(key, optimizer=opt, lr=0.1, seed=0))
+        curves[key] = {
+            lam_key: [(s, r * thr) for s, r in zip(probes, ratio)],
+            "hessian/threshold": [(s, thr) for s in probes],
+            "train/loss": list(enumerate(loss, 1)),
+        }
+    return RecipeData(rows, curves)
+
+
+def test_eos_check_pass_and_fail():
+    c = _crit("eos")
+    check = get_recipe("eos").check
+    good = check(_eos_tables(1.0), c)
+    assert good.passed, good.lines()
+    assert good.numbers["sgd.edge_step"] == 180 and good.numbers["sgd.loss_increases_after_edge"] >= 1
+    bad = check(_eos_tables(0.1), c)  # momentum's sharpness collapses after the edge
+    assert [x.name for x in bad.criteria if not x.passed] == ["momentum.hovers"]
+    get_recipe("eos").figure(_eos_tables(1.0), c, good)
+
+
+def test_normalized_gd_threshold_is_gd_at_its_effective_lr():
+    """On a quadratic 0.5 * lam * x^2, the probe's threshold 2||g||/lr equals lam exactly on the 2-cycle."""
+    from sgdlab.hessian import SharpnessProbe
+    from sgdlab.optim import build_optimizer
+
+    lam, lr = 4.0, 0.3
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(lr / 2)  # the 2-cycle +-lr/2: ||g|| = lam * lr / 2
+    opt = build_optimizer("normalized_gd", model.named_parameters(), {"lr": lr})
+    x = torch.tensor([[1.0]])
+
+    def loss_fn(out, y):
+        return 0.5 * lam * (out**2).sum()
+
+    assert math.isnan(opt.stability_threshold())
+    opt.zero_grad()
+    loss_fn(model(x), None).backward()
+    opt.step()
+    assert model.weight.item() == pytest.approx(-lr / 2)
+    out = SharpnessProbe(loss_fn, (x, torch.zeros(1)), every_k=1)(1, model, opt, lr)
+    assert out["hessian/lambda_max"] == pytest.approx(lam, rel=1e-5)
+    assert out["hessian/threshold"] == pytest.approx(lam, rel=1e-6)

@@ -282,6 +282,8 @@ class SharpnessProbe:
             if info[0] == "adam" and self.precondition and has_state:
                 pre = PreconditionedOperator(op, adam_preconditioner(optimizer, op.params))
                 out["hessian/precond_lambda_max"] = float(lanczos(pre, 1, **lz).eigenvalues[0])
+        elif optimizer is not None and hasattr(optimizer, "stability_threshold"):  # e.g. normalized GD: 2||g||/lr
+            out["hessian/threshold"] = float(optimizer.stability_threshold(lr))
         elif optimizer is None and lr is not None:
             out["hessian/threshold"] = stability_threshold("gd", lr)
         out["hessian/n_matvecs"] = float(op.n_matvecs)

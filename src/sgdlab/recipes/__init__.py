@@ -125,6 +125,7 @@ def register(recipe: Recipe) -> Recipe:
 def _load_builtin() -> None:
     from sgdlab.recipes import (  # noqa: F401  (they register)
         cnn_vs_fc,
+        eos,
         label_noise,
         large_step_logistic,
         local_sgd,

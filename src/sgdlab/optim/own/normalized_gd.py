@@ -23,6 +23,14 @@ class NormalizedGD(torch.optim.Optimizer):
     def __init__(self, params, *, lr):
         super().__init__(params, {"lr": lr})
 
+    def stability_threshold(self, lr: float | None = None) -> float:
+        """The GD threshold at normalized GD's effective lr, lr / ||g||: ``2 ||g|| / lr`` with ``g`` the gradient
+        the last step used (Arora, Li, Panigrahi 2022: on a quadratic, normalized GD's 2-cycle has ``||g|| =
+        lambda lr / 2``, i.e. lambda = 2 ||g|| / lr exactly). NaN before the first step."""
+        lr = self.param_groups[0]["lr"] if lr is None else lr
+        g = self.param_groups[0].get("last_grad_norm")
+        return float("nan") if g is None else 2.0 * g / lr
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -33,6 +41,7 @@ class NormalizedGD(torch.optim.Optimizer):
         if not grads:
             return loss
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        self.param_groups[0]["last_grad_norm"] = float(norm)
         if norm == 0:
             return loss
         for group in self.param_groups:
