@@ -372,7 +372,7 @@ def test_recipe_check_before_any_run_says_what_to_do(tmp_path, mlflow_store, mon
 
 # ------------------------------------------------------------------------------------ quick scale (slow)
 # Measured on this 2-core machine (2026-12-02): label_noise, linear_scaling, local_sgd, large_step_logistic and
-# xor PASS; svag, sqrt_scaling, cnn_vs_fc and eos FAIL at quick scale with the criteria fixed before their runs (see the README's Recipes section).
+# xor PASS; svag, sqrt_scaling, cnn_vs_fc, eos and adam_geometry FAIL at quick scale with the criteria fixed before their runs (see the README's Recipes section).
 QUICK_EXPECTED = {
     "svag": "FAIL",
     "linear_scaling": "PASS",
@@ -383,6 +383,7 @@ QUICK_EXPECTED = {
     "cnn_vs_fc": "FAIL",
     "xor": "PASS",
     "eos": "FAIL",
+    "adam_geometry": "FAIL",
 }
 
 
@@ -545,3 +546,59 @@ def test_normalized_gd_threshold_is_gd_at_its_effective_lr():
     out = SharpnessProbe(loss_fn, (x, torch.zeros(1)), every_k=1)(1, model, opt, lr)
     assert out["hessian/lambda_max"] == pytest.approx(lam, rel=1e-5)
     assert out["hessian/threshold"] == pytest.approx(lam, rel=1e-6)
+
+
+def _geometry_tables(adam_rotated: float) -> RecipeData:
+    rows, curves = [], {}
+    for opt, rot, level in (
+        ("sgd", False, 0.6),
+        ("sgd", True, 0.6),
+        ("adam", False, 0.45),
+        ("adam", True, adam_rotated),
+    ):
+        for seed in range(3):
+            key = f"{opt}-{rot}-{seed}"
+            kw = {"widths": [], "zero_init": True, **({"rotate_inputs": 0} if rot else {})}
+            noise = 0.002 * RNG.standard_normal()
+            rows.append(_run(key, optimizer=opt, seed=seed, model_kwargs=json.dumps(kw)))
+            curves[key] = {"train/loss": [(s, level + noise + 1.0 / s) for s in range(25, 501, 25)]}
+    return RecipeData(rows, curves)
+
+
+def test_adam_geometry_check_pass_and_fail():
+    c = _crit("adam_geometry")
+    check = get_recipe("adam_geometry").check
+    good = check(_geometry_tables(0.58), c)  # the advantage nearly gone after rotation
+    assert good.passed, good.lines()
+    assert good.numbers["advantage.rotated"] == pytest.approx(0.02, abs=0.01)
+    bad = check(_geometry_tables(0.44), c)  # Adam as far ahead after rotation
+    assert [x.name for x in bad.criteria if not x.passed] == ["advantage_shrinks"]
+    get_recipe("adam_geometry").figure(_geometry_tables(0.58), c, good)
+
+
+def test_sgd_on_rotated_inputs_follows_the_rotated_trajectory():
+    """Zero-init linear model: SGD on Q x gives the same losses as on x (W_t Q^T); Adam does not."""
+    from sgdlab.models import build_model
+    from sgdlab.train import DataTensors, LoopConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=g) * torch.linspace(0.1, 3.0, 12)  # axis-aligned scales
+    y = (x[:, 0] + x[:, 5] > 0).long()
+    data = DataTensors(x, y, x, y)
+    losses = {}
+    for opt, lr in (("sgd", 0.1), ("adam", 0.05)):
+        for rot in (None, 7):
+            m = build_model("mlp", (12,), 2, seed=0, widths=[], zero_init=True, rotate_inputs=rot)
+            cfg = LoopConfig(steps=30, batch_size=16, task="classification", log_every=5, eval_every=0, seed=0)
+            pts: list[float] = []
+
+            def sink(mm, s, pts=pts):
+                if "train/loss" in mm:
+                    pts.append(mm["train/loss"])
+
+            train(m, opt, {"lr": lr}, data, cfg, metric_sink=sink)
+            losses[opt, rot] = np.array(pts)
+    np.testing.assert_allclose(losses["sgd", None], losses["sgd", 7], rtol=1e-5)
+    assert np.abs(losses["adam", None] - losses["adam", 7]).max() > 1e-3
+    with pytest.raises(ValueError, match="zero_init"):
+        build_model("mlp", (12,), 2, seed=0, widths=[4], zero_init=True)

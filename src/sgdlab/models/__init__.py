@@ -51,14 +51,23 @@ def _shape_error(name: str, need: str, shape: tuple[int, ...]) -> ModelConfigErr
 
 
 def _build_mlp(
-    shape, out, *, widths: Sequence[int] = (512, 512), activation: str = "relu", flatten: bool = True
+    shape,
+    out,
+    *,
+    widths: Sequence[int] = (512, 512),
+    activation: str = "relu",
+    flatten: bool = True,
+    rotate_inputs: int | None = None,
+    zero_init: bool = False,
 ) -> nn.Module:
     if not flatten and len(shape) != 1:
         raise _shape_error("mlp", "(D,) (or flatten=True)", shape)
     if any(int(w) < 1 for w in widths):
         raise ModelConfigError(f"model 'mlp': widths={tuple(widths)} must all be >= 1")
     try:
-        return MLP(math.prod(shape), out, tuple(int(w) for w in widths), activation, flatten)
+        return MLP(
+            math.prod(shape), out, tuple(int(w) for w in widths), activation, flatten, rotate_inputs, bool(zero_init)
+        )
     except ValueError as e:
         raise ModelConfigError(f"model 'mlp': {e}") from None
 

@@ -19,6 +19,27 @@ def activation(name: str) -> nn.Module:
         raise ValueError(f"activation {name!r} is not supported; allowed: {sorted(_ACTIVATIONS)}") from None
 
 
+class FixedRotation(nn.Module):
+    """``x -> Q x`` for a fixed random orthogonal ``Q`` (d, d): the same problem in rotated coordinates.
+
+    ``Q`` is the QR factor of a standard Gaussian matrix drawn from its own generator seeded with ``seed``
+    (signs fixed so it is Haar-distributed), independent of the model's initialisation seed. A buffer: saved in
+    checkpoints, never trained. A linear model from a rotation-invariant init (zeros) trained by GD/SGD on
+    ``Q x`` follows ``W_t Q^T`` exactly: SGD is rotation-equivariant, coordinate-wise methods (Adam) are not.
+    """
+
+    def __init__(self, d: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(int(seed))
+        a = torch.randn(d, d, generator=g, dtype=torch.float64)
+        q, r = torch.linalg.qr(a)
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # Haar measure (Mezzadri 2007)
+        self.register_buffer("Q", q.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, d) -> (N, d)
+        return x @ self.Q.T
+
+
 class MLP(nn.Module):
     """Multi-layer perceptron ``in -> widths[0] -> ... -> widths[-1] -> out``.
 
@@ -32,15 +53,27 @@ class MLP(nn.Module):
         widths: Sequence[int] = (512, 512),
         activation_name: str = "relu",
         flatten: bool = True,
+        rotate_inputs: int | None = None,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+        if rotate_inputs is not None:
+            layers.append(FixedRotation(in_features, rotate_inputs))
         prev = in_features
         for w in widths:
             layers += [nn.Linear(prev, w), activation(activation_name)]
             prev = w
         layers.append(nn.Linear(prev, num_outputs))
         self.net = nn.Sequential(*layers)
+        if zero_init:
+            if widths:
+                raise ValueError("zero_init=True needs widths=[] (a linear model): hidden units would stay identical")
+            with torch.no_grad():
+                for m in self.net:
+                    if isinstance(m, nn.Linear):
+                        m.weight.zero_()
+                        m.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (N, num_outputs)
         return self.net(x)

@@ -124,6 +124,7 @@ def register(recipe: Recipe) -> Recipe:
 
 def _load_builtin() -> None:
     from sgdlab.recipes import (  # noqa: F401  (they register)
+        adam_geometry,
         cnn_vs_fc,
         eos,
         label_noise,
