@@ -38,7 +38,7 @@ bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHess
 serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
 	sgdlab serve
 
-recipes: setup ## every paper recipe at quick scale, each ends with its PASS/FAIL check (slow: ~25 min on 2 cores)
+recipes: setup ## every paper recipe at quick scale, each ends with its PASS/FAIL check (slow: ~27 min on 2 cores)
 	@for r in $$(.venv/bin/python -c "from sgdlab.recipes import list_recipes; print(' '.join(list_recipes()))"); do \
 		.venv/bin/sgdlab recipe run $$r || echo "recipe $$r: FAIL (see above)"; done
 

@@ -264,3 +264,29 @@ def test_sharpness_probe_metrics_and_cadence():
         hs.SharpnessProbe(F.cross_entropy, data, every_k=0)
     with pytest.raises(ValueError, match="n_trace_probes must be >= 6 for hutch\\+\\+, got 4"):
         hs.SharpnessProbe(F.cross_entropy, data, n_trace_probes=4, trace_method="hutch++")
+
+
+def test_spherical_sharpness_is_lambda_max_at_the_normalised_weights():
+    """Lyu, Li, Arora 2022: spherical sharpness = lambda_max(H(w/||w||)); for a scale-invariant net the probe's
+    ||w||^2 lambda_max(H(w)) equals it, computed directly at w/||w|| (float64)."""
+    from sgdlab.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=g)
+    m = build_model("mlp", (12,), 3, seed=1, widths=[6, 5], norm="layer", train_last_layer=False, dtype=torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(2.5)
+    out = hs.SharpnessProbe(F.cross_entropy, (x, y), every_k=1, tol=1e-10, max_iter=200)(0, m)
+    norm = torch.sqrt(sum((p.detach() ** 2).sum() for p in m.parameters()))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.div_(norm)
+    direct = hs.top_eigenvalues(m, F.cross_entropy, (x, y), tol=1e-10, max_iter=200).eigenvalues[0]
+    assert out["hessian/spherical_lambda_max"] == pytest.approx(float(direct), rel=1e-7)
+    assert out["hessian/spherical_lambda_max"] == pytest.approx(float(norm) ** 2 * out["hessian/lambda_max"])
+    plain = build_model("mlp", (12,), 3, seed=1, widths=[6, 5], dtype=torch.float64)
+    assert "hessian/spherical_lambda_max" not in hs.SharpnessProbe(F.cross_entropy, (x, y), every_k=1)(0, plain)
+    one_block = hs.spherical_factor(m, [next(m.parameters())])
+    assert one_block is None  # scale invariance is in all parameters jointly, not in one block

@@ -140,3 +140,32 @@ def test_bad_values_name_the_key():
 def test_device_and_dtype():
     m = build_model("mlp", (4,), 2, widths=(3,), dtype=torch.float64)
     assert all(p.dtype == torch.float64 for p in m.parameters())
+
+
+def test_normalized_mlp_with_fixed_last_layer_is_scale_invariant():
+    """LayerNorm (no affine) after each hidden layer + a fixed output layer: f(c w) = f(w) for all trainable w;
+    BatchNorm only with batch statistics; without the fixed layer or the norms it is not."""
+    x = torch.randn(16, 12, dtype=torch.float64)
+
+    def scaled_change(m, c=3.7):
+        y = m(x)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(c)
+        return float((m(x) - y).abs().max())
+
+    kw = {"widths": [8, 6], "dtype": torch.float64, "seed": 0}
+    ln = build_model("mlp", (12,), 3, norm="layer", train_last_layer=False, **kw)
+    assert [n for n, _ in ln.named_parameters()] == ["net.1.weight", "net.4.weight"]  # no biases, last fixed
+    assert "net.7.weight" in dict(ln.named_buffers()) and ln.is_scale_invariant("eval")
+    assert scaled_change(ln) < 1e-8
+    bn = build_model("mlp", (12,), 3, norm="batch", train_last_layer=False, **kw)
+    assert bn.is_scale_invariant("train") and not bn.is_scale_invariant("eval")
+    assert scaled_change(bn.train()) < 1e-8
+    for other in ({"norm": "layer"}, {"train_last_layer": False}):
+        m = build_model("mlp", (12,), 3, **other, **kw)
+        assert not m.is_scale_invariant("train") and scaled_change(m) > 1e-3
+    with pytest.raises(ModelConfigError, match="norm='group'"):
+        build_model("mlp", (12,), 3, norm="group")
+    with pytest.raises(ModelConfigError, match="hidden layer"):
+        build_model("mlp", (12,), 3, widths=[], norm="layer")

@@ -384,6 +384,7 @@ QUICK_EXPECTED = {
     "xor": "PASS",
     "eos": "FAIL",
     "adam_geometry": "FAIL",
+    "normalization": "FAIL",
 }
 
 
@@ -602,3 +603,58 @@ def test_sgd_on_rotated_inputs_follows_the_rotated_trajectory():
     assert np.abs(losses["adam", None] - losses["adam", 7]).max() > 1e-3
     with pytest.raises(ValueError, match="zero_init"):
         build_model("mlp", (12,), 2, seed=0, widths=[4], zero_init=True)
+
+
+def _normalization_tables(final_sharpness: float, plain_final: float) -> RecipeData:
+    """Probes every 50 steps over 3000; the normalized+wd run's spherical sharpness falls from 900 to
+    ``final_sharpness``, its ||w|| from 6.5 to an equilibrium 3.4; the plain+wd net sits at 2/lr = 20 until it
+    ends at ``plain_final``."""
+    rows, curves = [], {}
+    probes = np.arange(50, 3001, 50)
+    logs = np.arange(10, 3001, 10)
+    decay = np.exp(-probes / 600)
+    for norm, wd in ((True, 0.01), (True, 0.0), (False, 0.01), (False, 0.0)):
+        for seed in range(2):
+            key = f"{norm}-{wd}-{seed}"
+            kw = {"widths": [64, 64], "train_last_layer": False, **({"norm": "layer"} if norm else {})}
+            rows.append(
+                _run(key, optimizer="sgd", seed=seed, model_kwargs=json.dumps(kw), hparams={"weight_decay": wd})
+            )
+            if norm and wd:
+                sharp = final_sharpness + (900 - final_sharpness) * decay
+                w = 3.4 + 3.1 * np.exp(-logs / 400)
+            elif norm:
+                sharp, w = 900 + 0.05 * probes, 6.5 + 4e-4 * logs
+            else:
+                sharp = np.where(probes < 2500, 20.0, plain_final) if wd else 20.0 * np.exp(-probes / 2000)
+                w = np.full(logs.shape, 7.0) if wd else 6.5 + 2e-3 * logs
+            lam = sharp / w[probes // 10 - 1] ** 2 if norm else sharp
+            curves[key] = {
+                "hessian/spherical_lambda_max" if norm else "hessian/lambda_max": list(zip(probes.tolist(), sharp)),
+                "hessian/threshold": [(int(p), 20.0) for p in probes],
+                "weights/norm": list(zip(logs.tolist(), w)),
+            }
+            if norm:
+                curves[key]["hessian/lambda_max"] = list(zip(probes.tolist(), lam))
+    return RecipeData(rows, curves)
+
+
+def test_normalization_check_pass_and_fail():
+    from sgdlab.recipes.normalization import reduction
+
+    assert reduction(np.array([1.0, 3, 2, 2, 1, 1]), 3) == pytest.approx(0.5)  # window means 2, 2, 1
+    c = _crit("normalization")
+    check = get_recipe("normalization").check
+    good = check(_normalization_tables(250.0, 20.0), c)
+    assert good.passed, good.lines()
+    assert good.numbers["normalized_wd.seed0.norm.last"] == pytest.approx(3.4, rel=1e-3)
+    assert good.numbers["normalized_no_wd.norm_growth"] > 1
+    not_reduced = check(_normalization_tables(800.0, 20.0), c)
+    assert [x.name for x in not_reduced.criteria if x.gating and not x.passed] == ["normalized_wd.spherical_reduced"]
+    plain_falls = check(_normalization_tables(250.0, 10.0), c)  # the plain net's sharpness also drops at the end
+    assert [x.name for x in plain_falls.criteria if x.gating and not x.passed] == ["plain_wd.sharpness_not_reduced"]
+    missing = check(
+        RecipeData([r for r in _normalization_tables(250.0, 20.0).runs if "True-0.01" not in r["run_key"]]), c
+    )
+    assert not missing.passed and any("normalized_wd: no finished run" in n for n in missing.notes)
+    get_recipe("normalization").figure(_normalization_tables(250.0, 20.0), c, good)

@@ -77,6 +77,9 @@ def test_metrics_reach_sink_with_names_and_steps():
     assert by_name["test/loss"] == [10, 20] and by_name["test/acc"] == [10, 20]
     assert by_name["train_full/loss"] == [20] and by_name["train_full/acc"] == [20]
     assert by_name["probe/x"] == [4, 8, 12, 16, 20]
+    assert by_name["weights/norm"] == [5, 10, 15, 20]
+    norm = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in model.parameters()))
+    assert [m for s, m in got if "weights/norm" in m][-1]["weights/norm"] == pytest.approx(norm, rel=1e-6)
     final = [m for s, m in got if "train_full/loss" in m][0]
     assert final["train_full/loss"] == res.metrics["train/loss"]
     assert final["test/acc"] == res.metrics["test/acc"]
@@ -346,7 +349,8 @@ def test_progress_callable_and_quiet_in_ci(monkeypatch):
         LoopConfig(steps=6, batch_size=16, log_every=3),
         progress=lambda s, total, m: calls.append((s, total, sorted(m))),
     )
-    assert calls == [(3, 6, ["lr", "train/acc", "train/loss"]), (6, 6, ["lr", "train/acc", "train/loss"])]
+    keys = ["lr", "train/acc", "train/loss", "weights/norm"]
+    assert calls == [(3, 6, keys), (6, 6, keys)]
     monkeypatch.setenv("CI", "true")
     assert make_progress(True, 10) is None
     with pytest.raises(TypeError, match="progress=3"):

@@ -88,6 +88,10 @@ def probe_checkpoint(spec: RunSpec, checkpoint: Path | str, splits, probe: dict[
     }
     for i in range(1, len(eig.eigenvalues)):
         out[f"hessian/lambda_{i + 1}"] = float(eig.eigenvalues[i])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    spherical = hessian.spherical_factor(model, trainable, probe["bn_mode"])
+    if spherical is not None:  # scale-invariant model: lambda_max at w/||w|| (Lyu, Li, Arora 2022)
+        out["hessian/spherical_lambda_max"] = spherical * out["hessian/lambda_max"]
     if probe["trace_probes"]:
         tr = hessian.trace(
             model, loss, data, n_probes=probe["trace_probes"], method=probe.get("trace_method", "hutchinson"), **kw

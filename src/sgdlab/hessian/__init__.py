@@ -48,6 +48,7 @@ from .probe import (
     preconditioned_sharpness,
     probe_subset,
     spectral_density,
+    spherical_factor,
     top_eigenvalues,
     trace,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "probe_subset",
     "slq",
     "spectral_density",
+    "spherical_factor",
     "optimizer_kind",
     "stability_threshold",
     "top_eigenvalues",

@@ -193,6 +193,25 @@ def preconditioned_sharpness(
     return lanczos(pre, k, tol=tol, max_iter=max_iter, seed=seed)
 
 
+def spherical_factor(model, params, bn_mode: str = "eval") -> float | None:
+    """``||w||^2`` over ``params`` when ``model`` is scale-invariant in them, else None.
+
+    For a loss with ``L(c w) = L(w)`` for all ``c > 0`` (normalization layers and a fixed last layer, see
+    :meth:`sgdlab.models.MLP.is_scale_invariant`), differentiating twice gives ``H(c w) = H(w) / c^2``, so the
+    *spherical sharpness* of Lyu, Li, Arora 2022, lambda_max of the Hessian at the normalised weights ``w/||w||``,
+    is ``||w||^2 lambda_max(H(w))``: one factor on the probe's lambda_max, no second Lanczos run. Only when
+    ``params`` are all of the model's trainable parameters (scale invariance is in all of them jointly).
+    """
+    check = getattr(model, "is_scale_invariant", None)
+    if check is None or not check(bn_mode):
+        return None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ids = {id(p) for p in params}
+    if len(ids) != len(trainable) or any(id(p) not in ids for p in trainable):
+        return None
+    return float(sum((p.detach().double() ** 2).sum() for p in trainable))
+
+
 class SharpnessProbe:
     """Curvature metrics at a fixed cadence along training, without touching training state.
 
@@ -204,6 +223,8 @@ class SharpnessProbe:
     * ``hessian/threshold``: :func:`stability_threshold` of the optimizer at ``lr`` (default the
       optimizer's current lr); absent for optimizers without a known threshold,
     * ``hessian/precond_lambda_max`` for Adam/AdamW (to compare with the threshold),
+    * ``hessian/spherical_lambda_max`` for a scale-invariant model (:func:`spherical_factor`): lambda_max at
+      the normalised weights ``w/||w||``, the sharpness of Lyu, Li, Arora 2022,
     * ``hessian/n_matvecs``, ``hessian/loss`` (the probe-set loss).
 
     Every probe draws its random vectors from a fresh generator seeded with ``seed`` (the same
@@ -270,6 +291,9 @@ class SharpnessProbe:
         out = {"hessian/lambda_max": float(res.eigenvalues[0]), "hessian/converged": float(res.converged)}
         for i in range(1, len(res.eigenvalues)):
             out[f"hessian/lambda_{i + 1}"] = float(res.eigenvalues[i])
+        spherical = spherical_factor(model, op.params, self.op_kw["bn_mode"])
+        if spherical is not None:
+            out["hessian/spherical_lambda_max"] = spherical * out["hessian/lambda_max"]
         if self.n_trace_probes:
             est = (hutchinson if self.trace_method == "hutchinson" else hutchpp)(
                 op, self.n_trace_probes, seed=self.seed

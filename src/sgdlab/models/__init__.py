@@ -59,6 +59,8 @@ def _build_mlp(
     flatten: bool = True,
     rotate_inputs: int | None = None,
     zero_init: bool = False,
+    norm: str | None = None,
+    train_last_layer: bool = True,
 ) -> nn.Module:
     if not flatten and len(shape) != 1:
         raise _shape_error("mlp", "(D,) (or flatten=True)", shape)
@@ -66,7 +68,15 @@ def _build_mlp(
         raise ModelConfigError(f"model 'mlp': widths={tuple(widths)} must all be >= 1")
     try:
         return MLP(
-            math.prod(shape), out, tuple(int(w) for w in widths), activation, flatten, rotate_inputs, bool(zero_init)
+            math.prod(shape),
+            out,
+            tuple(int(w) for w in widths),
+            activation,
+            flatten,
+            rotate_inputs,
+            bool(zero_init),
+            norm,
+            bool(train_last_layer),
         )
     except ValueError as e:
         raise ModelConfigError(f"model 'mlp': {e}") from None
@@ -135,7 +145,11 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {
     e.name: e
     for e in (
-        ModelEntry("mlp", _build_mlp, "MLP; any input shape flattened; widths, activation"),
+        ModelEntry(
+            "mlp",
+            _build_mlp,
+            "MLP; any input shape flattened; widths, activation, norm (scale-invariant with train_last_layer=False)",
+        ),
         ModelEntry("cnn", _build_cnn, "DeepOBS fmnist_2c2d: conv32-conv64-fc1024; (C,H,W) input"),
         ModelEntry("resnet", _build_resnet, "CIFAR ResNet-(6n+2), norm='batch'|'none'; (C,H,W)"),
         ModelEntry("two_layer_relu", _build_two_layer, "two-layer ReLU net for the theory tasks"),

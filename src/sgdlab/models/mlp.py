@@ -40,10 +40,25 @@ class FixedRotation(nn.Module):
         return x @ self.Q.T
 
 
+_NORMS = ("layer", "batch")
+# The normalization layers' eps: torch's default 1e-5 breaks scale invariance measurably (a relative 2e-5 change
+# of the outputs under w -> 3.7 w); 1e-10 keeps it to rounding, and a hidden layer's variance never gets near it.
+NORM_EPS = 1e-10
+
+
 class MLP(nn.Module):
     """Multi-layer perceptron ``in -> widths[0] -> ... -> widths[-1] -> out``.
 
     With ``flatten=True`` any input ``(N, *shape)`` is flattened to ``(N, prod(shape))`` first.
+
+    ``norm="layer"`` / ``"batch"`` puts a LayerNorm / BatchNorm1d *without affine parameters* after every hidden
+    linear layer (which then has no bias: ``Linear(bias=False) -> norm -> activation``). Each hidden layer's
+    output is then invariant to the scale of its weights. With ``train_last_layer=False`` the output layer is a
+    fixed random buffer (not trained, not decayed), so the loss is scale-invariant in *all* trainable
+    parameters, ``L(c w) = L(w)`` for ``c > 0``: the setting of Lyu, Li, Arora 2022 ("Understanding the
+    Generalization Benefit of Normalization Layers: Sharpness Reduction"), which fixes the last layer for the
+    same reason. BatchNorm is scale-invariant only with batch statistics (train mode); in eval mode its running
+    statistics lag the weights. :meth:`is_scale_invariant` says which holds.
     """
 
     def __init__(
@@ -55,17 +70,38 @@ class MLP(nn.Module):
         flatten: bool = True,
         rotate_inputs: int | None = None,
         zero_init: bool = False,
+        norm: str | None = None,
+        train_last_layer: bool = True,
     ) -> None:
         super().__init__()
+        if norm not in (None, *_NORMS):
+            raise ValueError(f"norm={norm!r} is not supported; allowed: [None, 'batch', 'layer']")
+        if norm is not None and not widths:
+            raise ValueError(f"norm={norm!r} needs at least one hidden layer (widths=[] is a linear model)")
         layers: list[nn.Module] = [nn.Flatten()] if flatten else []
         if rotate_inputs is not None:
             layers.append(FixedRotation(in_features, rotate_inputs))
         prev = in_features
         for w in widths:
-            layers += [nn.Linear(prev, w), activation(activation_name)]
+            layers.append(nn.Linear(prev, w, bias=norm is None))
+            if norm == "layer":
+                layers.append(nn.LayerNorm(w, eps=NORM_EPS, elementwise_affine=False))
+            elif norm == "batch":
+                layers.append(nn.BatchNorm1d(w, eps=NORM_EPS, affine=False))
+            layers.append(activation(activation_name))
             prev = w
-        layers.append(nn.Linear(prev, num_outputs))
+        last = nn.Linear(prev, num_outputs)
+        if not train_last_layer:
+            last.weight.requires_grad_(False)
+            last.bias.requires_grad_(False)
+        layers.append(last)
         self.net = nn.Sequential(*layers)
+        self.norm, self.train_last_layer = norm, bool(train_last_layer)
+        if not train_last_layer:  # fixed: buffers, so optimizers, weight decay and Hessian probes never see them
+            w_, b_ = last.weight.detach().clone(), last.bias.detach().clone()
+            del last.weight, last.bias
+            last.register_buffer("weight", w_)
+            last.register_buffer("bias", b_)
         if zero_init:
             if widths:
                 raise ValueError("zero_init=True needs widths=[] (a linear model): hidden units would stay identical")
@@ -74,6 +110,13 @@ class MLP(nn.Module):
                     if isinstance(m, nn.Linear):
                         m.weight.zero_()
                         m.bias.zero_()
+
+    def is_scale_invariant(self, bn_mode: str = "eval") -> bool:
+        """Whether the output is invariant to scaling all trainable parameters by one ``c > 0`` (with BatchNorm
+        in ``bn_mode``): normalization after every hidden layer and a fixed output layer."""
+        if self.norm is None or self.train_last_layer:
+            return False
+        return self.norm == "layer" or bn_mode == "train"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (N, num_outputs)
         return self.net(x)

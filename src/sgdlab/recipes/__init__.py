@@ -130,6 +130,7 @@ def _load_builtin() -> None:
         label_noise,
         large_step_logistic,
         local_sgd,
+        normalization,
         scaling_rules,
         svag,
         xor,

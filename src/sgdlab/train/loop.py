@@ -9,6 +9,7 @@ correctness tensors are only *appended to lists*; the host syncs once per ``log_
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -346,7 +347,9 @@ class _Run:
         """One host sync: window losses (and accuracy) -> metrics; divergence check."""
         if not self.win_loss:
             return {}, None
-        parts = [torch.stack(self.win_loss).float(), self.loss0.reshape(1).float()]
+        params = [p.detach() for p in self.model.parameters() if p.requires_grad]
+        norm_sq = torch.stack([(p.double() ** 2).sum() for p in params]).sum() if params else self.loss0 * 0
+        parts = [torch.stack(self.win_loss).float(), self.loss0.reshape(1).float(), norm_sq.reshape(1).float()]
         hits = self._hits()
         if hits is not None:
             c = hits
@@ -355,12 +358,13 @@ class _Run:
         n = len(self.win_loss)
         losses, loss0 = vals[:n], vals[n]
         reason = find_divergence(losses, self.win_start, loss0, self.cfg.blowup_factor)
-        metrics = {"train/loss": sum(losses) / n, "lr": lr}
+        # weights/norm: ||theta||_2 over the trainable parameters at the log point (weight-decay equilibria)
+        metrics = {"train/loss": sum(losses) / n, "lr": lr, "weights/norm": math.sqrt(max(vals[n + 1], 0.0))}
         for owner in (self.opt, self.model):  # state worth a curve (Local SGD's H per round, feature concentration)
             if hasattr(owner, "log_metrics"):
                 metrics.update(owner.log_metrics())
         if hits is not None:
-            metrics["train/acc"] = vals[n + 1] / vals[n + 2]
+            metrics["train/acc"] = vals[n + 2] / vals[n + 3]
         self.win_loss, self.win_logits, self.win_labels, self.win_hits = [], [], [], []
         self.win_start = self.step + 1
         if self.progress is not None:
