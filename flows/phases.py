@@ -54,6 +54,7 @@ def parent_run(cfg: Config, name: str, data_hash: str = "", params: dict | None 
     from prefect.artifacts import create_link_artifact
 
     exp_id = tracking.ensure_experiment(cfg.experiment_name)
+    tracking.close_orphaned_runs(exp_id)  # runs left RUNNING by a killed process
     tags = tracking.lineage_tags(cfg.study.name, data_hash, current_flow_run_id(), phase=name)
     run_id = tracking.start_run(exp_id, name, tags, params=params, parent_run_id=_PIPELINE["run_id"])
     create_link_artifact(

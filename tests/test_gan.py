@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sgdlab.gan import (
+    CorruptGANCheckpoint,
     GANCheckpointError,
     GANConfig,
     generator_hash,
@@ -14,6 +15,7 @@ from sgdlab.gan import (
     sample_synthetic,
     train_gan,
 )
+from sgdlab.integrity import load_verified, save_verified
 
 TINY = dict(
     z_dim=8,
@@ -133,8 +135,14 @@ def test_missing_and_corrupt_checkpoints_name_the_file(tmp_path, trained):
         load_gan(truncated)
     other = tmp_path / "other.pt"
     torch.save({"format": "something-else"}, other)
-    with pytest.raises(GANCheckpointError, match="other.pt: format 'something-else'"):
+    with pytest.raises(GANCheckpointError, match="other.pt: .*format 'something-else'"):
         load_gan(other)
+    flipped = tmp_path / "flipped.pt"  # bytes flipped inside a tensor: the zip stays valid, the checksum does not
+    raw = bytearray(trained[1].read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 256] = bytes(b ^ 0xFF for b in raw[len(raw) // 2 : len(raw) // 2 + 256])
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(CorruptGANCheckpoint, match="flipped.pt: GAN checkpoint is corrupt"):
+        load_gan(flipped)
 
 
 def test_checkpoint_class_and_shape_mismatch(tmp_path, trained):
@@ -143,10 +151,10 @@ def test_checkpoint_class_and_shape_mismatch(tmp_path, trained):
         load_gan(path, num_classes=10)
     with pytest.raises(GANCheckpointError, match=r"sample_shape=\(1, 28, 28\), but"):
         load_gan(path, sample_shape=(1, 40))
-    ck = torch.load(path, weights_only=True)
+    ck = load_verified(path)
     ck["num_classes"] = 5  # state dicts hold 3-class embeddings
     bad = tmp_path / "tampered.pt"
-    torch.save(ck, bad)
+    save_verified(bad, ck)
     with pytest.raises(GANCheckpointError, match="tampered.pt: 'generator' does not fit"):
         load_gan(bad)
 

@@ -1,5 +1,8 @@
 """Checkpoints: bit-exact resume on CPU, weights_only loading, config mismatch errors."""
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,7 +106,10 @@ def test_checkpoint_loads_weights_only_and_holds_config(tmp_path):
     path = tmp_path / "c.pt"
     cfg = LoopConfig(steps=4, batch_size=16, checkpoint_every=2)
     train(model(), "adam", {"lr": 1e-3}, data(), cfg, checkpoint_path=path)
-    ck = torch.load(path, weights_only=True)
+    outer = torch.load(path, weights_only=True)  # a checksummed envelope, itself weights_only-loadable
+    assert outer["format"] == "sgdlab.verified/1" and len(outer["sha256"]) == 64
+    ck = torch.load(io.BytesIO(outer["blob"].numpy().tobytes()), weights_only=True)
+    assert load_checkpoint(path)["step"] == ck["step"]
     assert ck["step"] == 4 and ck["config"] == cfg.to_dict()
     assert ck["optimizer_name"] == "adam" and ck["hparams"]["lr"] == 1e-3
     assert ck["sampler"]["generator"].dtype == torch.uint8
@@ -149,8 +155,46 @@ def test_checkpoint_beyond_steps(tmp_path):
         train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=3, batch_size=16), checkpoint_path=path)
 
 
-def test_not_a_checkpoint(tmp_path):
+def test_not_a_checkpoint_is_named_and_moved_aside(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"hello": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="not an sgdlab training checkpoint"):
-        train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=2, batch_size=16), checkpoint_path=path)
+    with pytest.raises(ValueError, match=r"c\.pt: not a checksummed sgdlab file"):
+        load_checkpoint(path)
+    with pytest.warns(UserWarning, match=r"c\.pt: not a checksummed.*moved to .*c\.pt\.corrupt-.*from step 0"):
+        res = train(model(), "sgd", {"lr": 0.1}, data(), LoopConfig(steps=2, batch_size=16), checkpoint_path=path)
+    assert res.resumed_from == 0 and res.quarantined and Path(res.quarantined).is_file()
+    assert load_checkpoint(path)["step"] == 2  # a fresh, verified checkpoint in its place
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_checkpoint_is_never_resumed(tmp_path, damage):
+    """256 flipped bytes inside a tensor (the zip stays valid: torch.load alone reads wrong numbers) or a
+    truncated file: named, quarantined, and the run trains from step 0 to exactly the uninterrupted result."""
+    cfg = LoopConfig(steps=6, batch_size=16, checkpoint_every=3)
+    straight = model()
+    train(straight, "sgd", {"lr": 0.1}, data(), cfg, checkpoint_path=tmp_path / "straight.pt")
+    path = tmp_path / "c.pt"
+    m = model()
+    train(m, "sgd", {"lr": 0.1}, data(), LoopConfig(steps=3, batch_size=16, checkpoint_every=3), checkpoint_path=path)
+    if damage == "flip":
+        outer = torch.load(path, weights_only=True)
+        n = outer["blob"].numel()
+        raw = bytearray(path.read_bytes())
+        i = raw.find(outer["blob"].numpy().tobytes()[n // 2 : n // 2 + 64])  # inside the payload's tensors
+        assert i > 0
+        raw[i : i + 256] = bytes(b ^ 0xFF for b in raw[i : i + 256])
+        path.write_bytes(bytes(raw))
+        assert torch.load(path, weights_only=True)["format"] == "sgdlab.verified/1"  # still a valid zip
+        match = "SHA-256 mismatch"
+    else:
+        path.write_bytes(path.read_bytes()[:-500])
+        match = "unreadable or truncated"
+    with pytest.raises(ValueError, match=f"c\\.pt: {match}"):
+        load_checkpoint(path)
+    resumed = model()
+    with pytest.warns(UserWarning, match=match):
+        res = train(resumed, "sgd", {"lr": 0.1}, data(), cfg, checkpoint_path=path)
+    assert res.resumed_from == 0 and res.steps_done == 6 and res.status == "finished"
+    assert len(list(tmp_path.glob("c.pt.corrupt-*"))) == 1
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

@@ -72,6 +72,7 @@ def train_and_sample(
     Returns a dict of paths and figures (small; safe to pass between tasks)."""
     from sgdlab.data.parquet import write_split
     from sgdlab.gan import (
+        CorruptGANCheckpoint,
         generator_hash,
         load_gan,
         sample_grid_png,
@@ -86,10 +87,18 @@ def train_and_sample(
         Path(p).parent.mkdir(parents=True, exist_ok=True)
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     want = {"config": gan_cfg.to_dict(), "data_hash": data_hash}
+    res = None
     if ckpt.is_file() and all(meta.get(k) == v for k, v in want.items()):
-        res = load_gan(ckpt, num_classes=num_classes, sample_shape=tuple(x_train.shape[1:]), device=x_train.device)
+        try:
+            res = load_gan(ckpt, num_classes=num_classes, sample_shape=tuple(x_train.shape[1:]), device=x_train.device)
+        except CorruptGANCheckpoint as exc:  # never sample from a damaged generator: keep it aside, retrain
+            import warnings
+
+            from sgdlab.integrity import quarantine
+
+            warnings.warn(f"{exc}; moved to {quarantine(ckpt)}; training the GAN again", stacklevel=2)
         trained = False
-    else:
+    if res is None:
         res = train_gan(
             x_train, y_train, num_classes, gan_cfg, data_range=range_, progress=progress, metric_sink=metric_sink
         )

@@ -2,8 +2,10 @@
 
 ``execute_run`` is idempotent per run key: a finished (or diverged) key returns its stored result
 without training; an interrupted one resumes bit-exactly from ``checkpoint.pt`` into the same MLflow
-child run. Results are written to ``<run_dir>/result.json`` atomically, last, so a crash never leaves
-a key that looks finished.
+child run, logging only the points its history does not hold yet. Results are written to
+``<run_dir>/result.json`` atomically, last, so a crash never leaves a key that looks finished. A key is
+trained by one process at a time (:class:`sgdlab.locks.RunLock` on ``<run_dir>.lock``): a second sweep on
+the same study waits for it and then reads its result.
 """
 
 from __future__ import annotations
@@ -27,6 +29,71 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _read_run_id(path: Path) -> str | None:
+    """The recorded MLflow run id, or None when the file is missing, empty or not an id (a full disk)."""
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return text if text and text.isalnum() else None
+
+
+def _child_run(study: Study, spec: RunSpec, run_dir: Path, ctx: dict[str, Any], n_params: int) -> tuple[str, bool]:
+    """(MLflow child run id of this key, whether it was created now).
+
+    One child run per key, whatever was killed when: the id recorded in ``mlflow_run_id`` when it names a
+    live run; else the run an earlier attempt created but was killed before recording (found by its
+    ``run_key`` tag); else a new run. The id file is written atomically right after, so an empty or
+    half-written file is never read as an id, and a dangling one (its run deleted from the store) is replaced.
+    """
+    from sgdlab import tracking
+
+    id_file = run_dir / "mlflow_run_id"
+    run_id = _read_run_id(id_file)
+    if run_id is not None and not tracking.run_exists(run_id):
+        import warnings
+
+        warnings.warn(f"{id_file}: MLflow run {run_id} is not in the store; using or creating another", stacklevel=2)
+        run_id = None
+    recovered = False
+    if run_id is None:
+        run_id = tracking.find_tagged_run(ctx["experiment_id"], run_key=spec.key, phase="sweep")
+        recovered = run_id is not None
+    created = run_id is None
+    params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": n_params}
+    if recovered:  # the attempt that created it may have been killed before logging them (same values: a no-op)
+        tracking.log_params(run_id, params)
+    if created:
+        tags = {
+            **ctx["tags"],
+            "run_key": spec.key,
+            "optimizer": spec.optimizer,
+            "variant": spec.variant,
+            "data_hash": spec.data_hash,
+            "phase": "sweep",
+        }
+        run_id = tracking.start_run(
+            ctx["experiment_id"], spec.label, tags, parent_run_id=ctx["parent_run_id"], params=params
+        )
+        tracking.log_dataset(
+            run_id, spec.dataset, str(study.processed_dir(spec.dataset) / "train.parquet"), spec.data_hash
+        )
+    else:
+        tracking.set_tags(run_id, {"resumed_by_flow_run": ctx["tags"].get("prefect_flow_run_id", "")})
+    if _read_run_id(id_file) != run_id:
+        _write_text(id_file, run_id)
+    return run_id, created
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def execute_run(
     study: Study,
     spec: RunSpec,
@@ -40,12 +107,26 @@ def execute_run(
     ``tracking_ctx``: ``experiment_id``, ``parent_run_id``, ``tags`` (lineage). ``on_step_factory(splits,
     spec)`` may return an ``on_step`` hook (the Hessian probe).
     """
-    from sgdlab import tracking
-
     run_dir = study.run_dir(spec.key)
     done = read_result(run_dir)
     if done is not None:
         return {**done, "cached": True}
+    from sgdlab.locks import RunLock
+
+    def waiting(owner: dict) -> None:
+        print(f"{spec.label}: run key {spec.key} is being trained by {owner or 'another process'}; waiting", flush=True)
+
+    # one process per key; the others wait, then reuse its result. Beside the run's folder, which is created
+    # only once the data checks out.
+    with RunLock(run_dir.with_name(f"{run_dir.name}.lock"), on_wait=waiting):
+        done = read_result(run_dir)
+        if done is not None:
+            return {**done, "cached": True}
+        return _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir)
+
+
+def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) -> dict[str, Any]:
+    from sgdlab import tracking
     from sgdlab.models import build_model, param_count
     from sgdlab.train import DataTensors, LoopConfig, evaluate, train
 
@@ -77,30 +158,13 @@ def execute_run(
     )
     tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test)
 
-    id_file = run_dir / "mlflow_run_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
-    if run_id is None:  # a fresh run; a resumed one keeps writing into its first MLflow run
-        params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": param_count(model)}
-        tags = {
-            **tracking_ctx["tags"],
-            "run_key": spec.key,
-            "optimizer": spec.optimizer,
-            "variant": spec.variant,
-            "data_hash": spec.data_hash,
-            "phase": "sweep",
-        }
-        run_id = tracking.start_run(
-            tracking_ctx["experiment_id"], spec.label, tags, parent_run_id=tracking_ctx["parent_run_id"], params=params
-        )
-        tracking.log_dataset(
-            run_id, spec.dataset, str(study.processed_dir(spec.dataset) / "train.parquet"), spec.data_hash
-        )
-        id_file.write_text(run_id)
-    else:
-        tracking.set_tags(run_id, {"resumed_by_flow_run": tracking_ctx["tags"].get("prefect_flow_run_id", "")})
+    run_id, created = _child_run(study, spec, run_dir, tracking_ctx, param_count(model))
+    hook = on_step_factory(splits, spec) if on_step_factory else None
+    # a resumed run replays from its checkpoint: the points its store already holds are not logged again
+    logged = {} if created else tracking.last_logged_steps(run_id)
     hook = on_step_factory(splits, spec) if on_step_factory else None
     try:
-        with tracking.MetricBuffer(run_id) as sink:
+        with tracking.MetricBuffer(run_id, logged=logged) as sink:
             result = train(
                 model,
                 spec.optimizer,
@@ -148,9 +212,10 @@ def execute_run(
         "checkpoint": study.relative(run_dir / "checkpoint.pt"),
         "device": str(splits.x_train.device),
     }
-    tracking.set_tags(
-        run_id, {"status": result.status, **({"diverged_reason": result.reason} if result.reason else {})}
-    )
+    tags = {"status": result.status, **({"diverged_reason": result.reason} if result.reason else {})}
+    if result.quarantined:
+        tags["checkpoint_quarantined"] = study.relative(Path(result.quarantined))
+    tracking.set_tags(run_id, tags)
     tracking.log_metrics(
         run_id,
         {f"final/{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},

@@ -65,9 +65,43 @@ def client(root: Path | None = None):
         c = _clients.get(uri)
         if c is None:
             if uri.startswith("sqlite:///"):
-                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            c = _clients[uri] = MlflowClient(tracking_uri=uri)
+                c = _first_use(uri, Path(uri.removeprefix("sqlite:///")))
+            else:
+                c = MlflowClient(tracking_uri=uri)
+            _clients[uri] = c
     return c
+
+
+def _first_use(uri: str, db: Path):
+    """Open the sqlite store under an exclusive lock across processes (``<db>.lock``, ``flock``).
+
+    The first process to touch a fresh store creates and migrates its tables; two doing it at once fail with
+    alembic errors and can leave it broken ("table _alembic_tmp_tags already exists"). Under the lock, the
+    first creates it and the others wait, then find it ready. ``flock`` is released by the kernel when its
+    holder dies, so a killed process never leaves the store locked."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)  # creates / migrates the tables if needed
+            return c
+        except Exception as exc:  # noqa: BLE001 - name the file and the way out, not 700 lines of SQLAlchemy
+            raise StoreError(
+                f"MLflow store {db} cannot be opened ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). "
+                f"If it is corrupt, move it aside (mv {db} {db}.bad) and re-run: a new store is created and the "
+                "cached runs are logged again under new MLflow runs."
+            ) from None
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be opened; the message names the file and what to do."""
 
 
 # The experiment tag MLflow's UI reads as the experiment's kind, and its value for classic model training
@@ -157,13 +191,49 @@ def start_run(
     """Create a run (a child when ``parent_run_id`` is given) and return its id; it stays RUNNING until
     :func:`end_run`. Uses the client API so it is safe from any thread."""
     c = client()
-    all_tags = dict(tags)
+    all_tags = {**dict(tags), **owner_tags()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(experiment_id, run_name=run_name, tags=all_tags)
     if params:
         log_params(run.info.run_id, params)
     return run.info.run_id
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process owns a run while it is RUNNING (host and pid): how a later start tells a run whose
+    process was killed (:func:`close_orphaned_runs`) from one still going."""
+    import socket
+
+    return {"sgdlab.host": socket.gethostname(), "sgdlab.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of the experiment whose owner process (on this host) is gone: parent
+    runs of a killed sweep would otherwise stay RUNNING forever. Runs owned by another host, or without owner
+    tags (older runs, other tools), are left alone. Returns the ids closed."""
+    import socket
+
+    host = socket.gethostname()
+    runs = client().search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    closed = []
+    for r in runs:
+        pid = r.data.tags.get("sgdlab.pid", "")
+        if r.data.tags.get("sgdlab.host") != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        end_run(r.info.run_id, "KILLED")
+        closed.append(r.info.run_id)
+    return closed
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
@@ -205,11 +275,16 @@ class MetricBuffer:
     Call it as a metric sink ``buf(metrics, step)``; it flushes every ``flush_every`` points and on
     :meth:`flush`/context exit. Thread-safe; synchronous (async logging dropped points in parallel tasks).
     Non-finite values are logged as-is (MLflow stores NaN/inf), so a diverging curve stays visible.
+
+    ``logged``: ``{key: last step already in the store}`` for a run being resumed (:func:`last_logged_steps`);
+    points at or before that step are dropped, so a bit-exact replay from an older checkpoint does not log
+    them twice and the history equals an uninterrupted run's.
     """
 
-    def __init__(self, run_id: str, flush_every: int = 500) -> None:
+    def __init__(self, run_id: str, flush_every: int = 500, logged: Mapping[str, int] | None = None) -> None:
         self.run_id = run_id
         self.flush_every = flush_every
+        self.logged = dict(logged or {})
         self._items: list = []
         self._lock = threading.Lock()
 
@@ -217,8 +292,11 @@ class MetricBuffer:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
+        step = int(step)
         with self._lock:
-            self._items.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+            self._items.extend(
+                Metric(k, float(v), ts, step) for k, v in metrics.items() if step > self.logged.get(k, -(2**62))
+            )
             full = len(self._items) >= self.flush_every
         if full:
             self.flush()
@@ -237,6 +315,31 @@ class MetricBuffer:
 
     def __exit__(self, *exc: object) -> None:
         self.flush()
+
+
+def last_logged_steps(run_id: str) -> dict[str, int]:
+    """``{metric key: largest step stored}`` of a run (empty for a run with no metrics)."""
+    c = client()
+    keys = c.get_run(run_id).data.metrics
+    return {k: max((m.step for m in c.get_metric_history(run_id, k)), default=-1) for k in keys}
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` names a run in the store that is not deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def find_tagged_run(experiment_id: str, **tags: str) -> str | None:
+    """The earliest active run of the experiment carrying all ``tags`` (e.g. a child run created by an attempt
+    killed before it recorded the id), or None."""
+    flt = " and ".join(f"tags.{k} = '{str(v)}'" for k, v in tags.items())
+    runs = client().search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:

@@ -4,7 +4,7 @@ Train on the training split only (``train_gan``), sample a labelled synthetic se
 (``sample_synthetic``), and measure how close it is to real data (``frechet``).
 """
 
-from sgdlab.gan.checkpoint import GANCheckpointError, generator_hash, load_gan, save_gan
+from sgdlab.gan.checkpoint import CorruptGANCheckpoint, GANCheckpointError, generator_hash, load_gan, save_gan
 from sgdlab.gan.config import PROFILES, GANConfig, resolve_device
 from sgdlab.gan.diffaugment import diff_augment
 from sgdlab.gan.nets import Generator, ProjectionDiscriminator
@@ -13,6 +13,7 @@ from sgdlab.gan.train import GANDivergedError, GANResult, train_gan
 
 __all__ = [
     "PROFILES",
+    "CorruptGANCheckpoint",
     "GANCheckpointError",
     "GANConfig",
     "GANDivergedError",

@@ -16,10 +16,12 @@ import torch
 
 from sgdlab.gan.config import GANConfig
 from sgdlab.gan.result import GANResult, build_nets
+from sgdlab.integrity import CorruptFileError, load_verified, save_verified
 
-__all__ = ["GANCheckpointError", "generator_hash", "load_gan", "save_gan"]
+__all__ = ["CorruptGANCheckpoint", "GANCheckpointError", "generator_hash", "load_gan", "save_gan"]
 
-FORMAT = "sgdlab.gan/1"
+FORMAT = "sgdlab.gan/2"
+LEGACY_FORMAT = "sgdlab.gan/1"  # before checksums: same keys, loaded unverified
 _KEYS = (
     "format",
     "config",
@@ -39,6 +41,10 @@ class GANCheckpointError(ValueError):
     """A GAN checkpoint is corrupt, of another format, or does not match what was asked for."""
 
 
+class CorruptGANCheckpoint(GANCheckpointError, CorruptFileError):
+    """The file itself is damaged (truncated, unreadable, checksum mismatch): retrain, do not reuse."""
+
+
 def save_gan(result: GANResult, path: str | Path) -> Path:
     """Write ``result`` to ``path`` (parent folders created); returns the path."""
     path = Path(path)
@@ -56,9 +62,7 @@ def save_gan(result: GANResult, path: str | Path) -> Path:
         "generator_raw": _cpu_state(result.generator_raw),
         "discriminator": _cpu_state(result.discriminator),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under `path`
+    save_verified(path, payload)  # atomic, with its SHA-256 (sgdlab.integrity)
     return path
 
 
@@ -89,10 +93,10 @@ def load_gan(
     if not path.is_file():
         raise FileNotFoundError(f"GAN checkpoint {path} does not exist")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise GANCheckpointError(f"GAN checkpoint {path} is corrupt or unreadable: {e}") from e
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        ck = load_verified(path, legacy_format=LEGACY_FORMAT)
+    except CorruptFileError as e:
+        raise CorruptGANCheckpoint(path, f"GAN checkpoint is corrupt: {str(e).split(': ', 1)[-1]}") from None
+    if not isinstance(ck, dict) or ck.get("format") not in (FORMAT, LEGACY_FORMAT):
         got = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
         raise GANCheckpointError(f"GAN checkpoint {path}: format {got!r}, expected {FORMAT!r}")
     missing = [k for k in _KEYS if k not in ck]

@@ -197,6 +197,7 @@ def run_local(cfg: Config, name: str, mapper: Callable | None = None, **options)
     study = phase.study(cfg)
     plan = phase.plan(study, **options)
     exp = study.experiment_id()
+    tracking.close_orphaned_runs(exp)
     tags = tracking.lineage_tags(study.name, plan.data_hash, phase=name)
     run = tracking.start_run(exp, name, tags, params=plan.params)
     ctx = {"experiment_id": exp, "parent_run_id": run, "tags": tags}

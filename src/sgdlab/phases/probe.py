@@ -16,6 +16,7 @@ import os
 from dataclasses import replace
 
 from sgdlab import results, tracking
+from sgdlab.integrity import CorruptFileError
 from sgdlab.phases import Outcome, Plan, Unit, raise_failures
 from sgdlab.study import Study
 from sgdlab.sweep import RunSpec
@@ -56,13 +57,31 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
         stored = json.loads(cache.read_text())
         if {k: stored.get(k) for k in want} == want:
             return {**stored["metrics"], "_cached": True}
-    out = probe_checkpoint(spec, ckpt, study.load(replace(spec.data, train_fraction=1.0)), settings)
+    try:
+        out = probe_checkpoint(spec, ckpt, study.load(replace(spec.data, train_fraction=1.0)), settings)
+    except CorruptFileError as exc:
+        raise _retrain(study, spec, ckpt, exc) from None
     tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({**want, "metrics": out}))
     os.replace(tmp, cache)
     scalars = {k: v for k, v in out.items() if not k.startswith("_")}
     tracking.log_metrics(payload["mlflow_run_id"], {f"final/{k}": v for k, v in scalars.items()}, spec.steps)
     return out
+
+
+def _retrain(study: Study, spec: RunSpec, ckpt, exc: CorruptFileError) -> CorruptFileError:
+    """A finished run whose checkpoint is damaged: move the checkpoint and the run's result aside, so the next
+    sweep trains that key again from scratch (the other runs are untouched); the error says so."""
+    from sgdlab.integrity import quarantine
+
+    moved = quarantine(ckpt)
+    result = study.run_dir(spec.key) / "result.json"
+    if result.is_file():
+        quarantine(result)
+    reason = str(exc).split(": ", 1)[-1]
+    return CorruptFileError(
+        ckpt, f"{reason}; moved to {moved.name}; run {spec.key} will be trained again by the next `sgdlab sweep`"
+    )
 
 
 def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict:

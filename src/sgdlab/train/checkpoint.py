@@ -5,18 +5,21 @@ batch sampler (generator state as a uint8 tensor, current permutation, position)
 RNG state (and the CUDA one when training on CUDA), the not-yet-logged per-step training losses,
 the initial loss (divergence reference) and the loop config (nanoGPT habit: config inside the
 checkpoint). Only tensors, numbers, strings, bools, None, lists, tuples and dicts are stored, so
-``torch.load(path, weights_only=True)`` reads it back.
+``torch.load(path, weights_only=True)`` reads it back. The file carries the SHA-256 of its content
+(:mod:`sgdlab.integrity`): a flipped byte or a truncated file raises
+:class:`~sgdlab.integrity.CorruptFileError` naming the file instead of resuming from wrong numbers.
+Checkpoints written before checksums (format ``/1``) still load, unverified.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import torch
+from sgdlab.integrity import CorruptFileError, load_verified, save_verified
 
-FORMAT = "sgdlab.train.checkpoint/1"
+FORMAT = "sgdlab.train.checkpoint/2"
+LEGACY_FORMATS = ("sgdlab.train.checkpoint/1",)  # no checksum; same payload
 
 # Config keys that may change between the run that wrote a checkpoint and the one resuming from
 # it: they change cadence, length or placement, not the trajectory of the first ``step`` updates.
@@ -26,24 +29,19 @@ RESUMABLE_CHANGES = frozenset(
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save({"format": FORMAT, **payload}, tmp)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``payload`` to ``path`` atomically with its checksum (:func:`sgdlab.integrity.save_verified`)."""
+    save_verified(path, {"format": FORMAT, **payload})
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` onto the CPU; checks the format tag."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    """Read and verify a checkpoint onto the CPU (``weights_only=True``); checks the format tag.
+
+    Raises :class:`~sgdlab.integrity.CorruptFileError` (a ``ValueError``) naming the file when it is truncated,
+    unreadable, fails its checksum or is not a training checkpoint."""
+    ckpt = load_verified(path, legacy_format=LEGACY_FORMATS[0])
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, *LEGACY_FORMATS):
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: not an sgdlab training checkpoint (format {got!r}, expected {FORMAT!r})")
+        raise CorruptFileError(path, f"not an sgdlab training checkpoint (format {got!r}, expected {FORMAT!r})")
     return ckpt
 
 

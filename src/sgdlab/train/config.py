@@ -127,6 +127,8 @@ class TrainResult:
     ``test/acc`` (``*/acc`` only for classification; empty if ``final_eval=False``).
     wall_time_s: whole call; samples_per_s: training samples per second of the update loop in this
     call (periodic eval, logging and checkpoints included). resumed_from: step loaded (0 = fresh).
+    quarantined: where a corrupt checkpoint found at ``checkpoint_path`` was moved (the run then started
+    from step 0), else None.
     """
 
     status: str
@@ -136,3 +138,4 @@ class TrainResult:
     wall_time_s: float
     samples_per_s: float
     resumed_from: int = 0
+    quarantined: str | None = None

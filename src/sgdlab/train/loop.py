@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgdlab.integrity import CorruptFileError, quarantine
 from sgdlab.optim import build_optimizer
 
 from .batching import make_samplers
@@ -70,7 +71,10 @@ def train(
     metrics. ``on_step(step, model, optimizer, lr)`` runs after every update (1-based step) inside a
     forked global RNG; metrics it returns go to the sink at that step. With ``checkpoint_path``, a
     checkpoint is written every ``checkpoint_every`` steps and at the end, and an existing one is
-    resumed from (``resume=True``) bit-exactly. Divergence stops the run with status "diverged".
+    resumed from (``resume=True``) bit-exactly; a sink with a ``flush()`` method is flushed before each
+    checkpoint. A checkpoint that is corrupt or not a checkpoint is moved aside (``<name>.corrupt-<time>``,
+    a warning names both) and the run starts from step 0 (``TrainResult.quarantined``).
+    Divergence stops the run with status "diverged".
     Bad input raises ValueError/TypeError before any parameter changes. For schedule-free
     optimizers (``spec.train_eval``) the model is returned holding the evaluation weights.
     """
@@ -93,7 +97,13 @@ def train(
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if cfg.checkpoint_every and ckpt_path is None:
         raise ValueError(f"LoopConfig: checkpoint_every={cfg.checkpoint_every} needs checkpoint_path")
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path and resume and ckpt_path.exists() else None
+    ckpt, quarantined = None, None
+    if ckpt_path and resume and ckpt_path.exists():
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except CorruptFileError as exc:  # never resume from wrong numbers: keep the file aside, start over
+            quarantined = str(quarantine(ckpt_path))
+            warnings.warn(f"{exc}; moved to {quarantined}; training this run from step 0", stacklevel=2)
     cfg_dict = cfg.to_dict()
     if ckpt is not None:
         check_compatible(ckpt, cfg_dict, optimizer_name, resolved, ckpt_path)
@@ -146,7 +156,7 @@ def train(
             run.close()
             if not spec.train_eval:
                 model.train(was_training)
-    return TrainResult(**result, wall_time_s=time.perf_counter() - t_call)
+    return TrainResult(**result, wall_time_s=time.perf_counter() - t_call, quarantined=quarantined)
 
 
 class _Run:
@@ -317,6 +327,7 @@ class _Run:
             if status == "diverged":
                 break
             if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+                self._flush_sink()
                 self.save(ckpt_path, optimizer_name)
         train_time = time.perf_counter() - t0
         opt.zero_grad(set_to_none=True)  # leave no .grad behind
@@ -324,6 +335,7 @@ class _Run:
             opt.eval()  # schedule-free: the model now holds the evaluation weights, kept on return
         self.train_mode = False
         if status == "finished" and ckpt_path is not None:
+            self._flush_sink()
             self.save(ckpt_path, optimizer_name)
         final: dict[str, float] = {}
         if cfg.final_eval:
@@ -393,6 +405,13 @@ class _Run:
         return {f"{prefix}/{k}": v for k, v in m.items()}
 
     # ---- checkpoints ---------------------------------------------------------------------------
+    def _flush_sink(self) -> None:
+        """Push every metric point logged so far to its store *before* the checkpoint that covers it: a kill
+        after the checkpoint then loses none (a kill before it replays them; the sink drops the repeats)."""
+        flush = getattr(self.sink, "flush", None)
+        if flush is not None:
+            flush()
+
     def save(self, path: Path, optimizer_name: str) -> None:
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         save_checkpoint(
