@@ -51,7 +51,7 @@ def _config(params: Optional[Path], overrides: Optional[list[str]], profile: Opt
 def _phase(cfg, name: str, **options) -> dict:
     """Run one phase (with the configured task runner); known errors print without a traceback."""
     from sgdlab.data import DataFileError, SourceError
-    from sgdlab.phases import get_phase
+    from sgdlab.phases import PhaseFailed, get_phase
 
     try:
         phase = get_phase(name)
@@ -59,12 +59,19 @@ def _phase(cfg, name: str, **options) -> dict:
         from flows.phases import run_phase
 
         return run_phase(cfg, name, **options)
-    except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
+    except (SourceError, DataFileError, FileNotFoundError, ValueError, PhaseFailed) as exc:
         _fail(exc)
 
 
 def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    from sgdlab.phases import PhaseFailed
+
+    if isinstance(exc, PhaseFailed):  # one line per failed unit, the healthy units' outputs already written
+        typer.secho(f"error: {exc.summary}", fg=typer.colors.RED, err=True)
+        for line in exc.lines:
+            typer.secho(f"  failed: {line}", fg=typer.colors.RED, err=True)
+    else:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1) from None
 
 
@@ -278,9 +285,11 @@ def run(
     from sgdlab.data import DataFileError, SourceError
 
     typer.echo(f"sgdlab run: study {cfg.study.name!r} (profile {cfg.profile}); phases: {', '.join(phases)}")
+    from sgdlab.phases import PhaseFailed
+
     try:
         out = run_pipeline(cfg, phases)
-    except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
+    except (SourceError, DataFileError, FileNotFoundError, ValueError, PhaseFailed) as exc:
         _fail(exc)
     if "sweep" in out["phases"]:
         _print_summary(out["phases"]["sweep"])

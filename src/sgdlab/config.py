@@ -27,14 +27,35 @@ class ConfigError(ValueError):
     """A bad value in params.yaml or in an override; the message names the key."""
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type takes numbers and not booleans (``int``, ``float``, their unions, tuples of them)."""
+    import typing
+
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and bool not in args and any(_numeric(a) for a in args if a is not type(None))
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        """YAML reads ``true``/``yes``/``on`` as booleans and pydantic would take them as 1: ``steps: true``
+        would train one step. A number field refuses them."""
+        field = cls.model_fields.get(info.field_name)
+        bad = isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
+        if field is not None and bad and _numeric(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {value!r} (YAML reads true/false/yes/no/on/off so)")
+        return value
 
 
 # --------------------------------------------------------------------------------------------- study
 class StudyConfig(_Frozen):
     # a folder name: letters, digits, '_', '-', '.' but not starting with '.' (so never '.' or '..')
-    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+    name: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     models_dir: str = "models"  # checkpoints: <models_dir>/<study>/<run_key>/
@@ -436,14 +457,45 @@ def from_dict(raw: dict[str, Any], source: str = "params.yaml") -> Config:
         raise ConfigError(_format_errors(err, source)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def strict_yaml(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, but a duplicated key is an error."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_raw(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file (run from the project root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty; a params file needs its sections (see the repo's params.yaml)")
+    try:
+        raw = strict_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return raw

@@ -24,7 +24,8 @@ def _scalar(v: Any) -> Any:
 
 
 def write_table(rows: Iterable[dict[str, Any]], path: Path | str) -> Path:
-    """Write rows (dicts; union of keys becomes the columns) to Parquet atomically."""
+    """Write rows (dicts; union of keys becomes the columns) to Parquet atomically, with CRC checksums on every
+    page (verified by :func:`read_table`: a flipped bit is an error naming the file, not different data)."""
     rows = [{k: _scalar(v) for k, v in r.items()} for r in rows]
     cols: list[str] = []
     for r in rows:
@@ -34,7 +35,7 @@ def write_table(rows: Iterable[dict[str, Any]], path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -48,11 +49,22 @@ def read_result(run_dir: Path | str) -> dict | None:
 
 
 def read_table(path: Path | str) -> list[dict[str, Any]]:
-    """Rows of a table written by :func:`write_table`; a missing file names itself."""
+    """Rows of a table written by :func:`write_table` (page checksums verified); a missing or damaged file
+    names itself."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no results table; run the sweep first (`sgdlab sweep`)")
-    return pq.read_table(path).to_pylist()
+    try:
+        return pq.read_table(path, page_checksum_verification=True).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise TableError(
+            f"{path}: damaged results table ({str(exc).splitlines()[0][:200]}); delete it and re-run the phase "
+            "that writes it (cached runs are not trained again)"
+        ) from None
+
+
+class TableError(ValueError):
+    """A results table cannot be read back intact; the message names the file."""
 
 
 GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "steps", "train_fraction", "variant")

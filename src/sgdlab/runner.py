@@ -85,6 +85,45 @@ def _child_run(study: Study, spec: RunSpec, run_dir: Path, ctx: dict[str, Any], 
     return run_id, created
 
 
+def _ensure_tracked(study: Study, spec: RunSpec, run_dir: Path, done: dict, ctx: dict[str, Any]) -> dict:
+    """A cached result whose MLflow run is not in the store (the store was deleted or replaced): re-create a
+    child run for the key with its params and final metrics, tagged ``history=lost``, and record the new id in
+    ``result.json`` and ``mlflow_run_id``. The per-step curves cannot be re-created: they lived in that store."""
+    from sgdlab import tracking
+
+    old = done.get("mlflow_run_id")
+    if old and tracking.run_exists(old):
+        return done
+    import warnings
+
+    tags = {
+        **ctx["tags"],
+        "run_key": spec.key,
+        "optimizer": spec.optimizer,
+        "variant": spec.variant,
+        "data_hash": spec.data_hash,
+        "phase": "sweep",
+        "status": str(done.get("status")),
+        "history": "lost: re-created from the cached result, the per-step curves went with the old store",
+    }
+    params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": done.get("n_params")}
+    run_id = tracking.start_run(
+        ctx["experiment_id"], spec.label, tags, parent_run_id=ctx["parent_run_id"], params=params
+    )
+    finals = {k: float(v) for k, v in done.items() if k.startswith(("train/", "test/", "val/")) and v is not None}
+    tracking.log_metrics(run_id, {f"final/{k}": v for k, v in finals.items()}, int(done.get("steps_done") or 0))
+    tracking.end_run(run_id, "FINISHED")
+    warnings.warn(
+        f"run key {spec.key}: MLflow run {old} is not in the store {tracking.tracking_uri()}; re-created it as "
+        f"{run_id} from the cached result (final metrics only)",
+        stacklevel=3,
+    )
+    done = {**done, "mlflow_run_id": run_id}
+    _write_json(run_dir / "result.json", done)
+    _write_text(run_dir / "mlflow_run_id", run_id)
+    return done
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     with open(tmp, "w") as f:
@@ -110,7 +149,7 @@ def execute_run(
     run_dir = study.run_dir(spec.key)
     done = read_result(run_dir)
     if done is not None:
-        return {**done, "cached": True}
+        return {**_ensure_tracked(study, spec, run_dir, done, tracking_ctx), "cached": True}
     from sgdlab.locks import RunLock
 
     def waiting(owner: dict) -> None:
@@ -121,7 +160,7 @@ def execute_run(
     with RunLock(run_dir.with_name(f"{run_dir.name}.lock"), on_wait=waiting):
         done = read_result(run_dir)
         if done is not None:
-            return {**done, "cached": True}
+            return {**_ensure_tracked(study, spec, run_dir, done, tracking_ctx), "cached": True}
         return _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir)
 
 

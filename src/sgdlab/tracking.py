@@ -146,21 +146,22 @@ def ensure_experiment(name: str, root: Path | None = None) -> str:
             return exp.experiment_id
 
 
-def git_commit(root: Path | None = None) -> str:
-    """The checkout's commit (``-dirty`` suffix with uncommitted changes), or ``unknown``."""
-    root = root or project_root()
+def git_commit(code_file: Path | None = None) -> str:
+    """The commit of the checkout holding *this code* (``-dirty`` with uncommitted changes to tracked files),
+    not of whatever repository encloses the project folder: a study run from inside another repo must not be
+    tagged with that repo's commit. ``unknown`` when the code is not a tracked file of a git checkout (an
+    installed wheel)."""
+    here = Path(code_file or __file__).resolve()
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here.parent, capture_output=True, text=True, timeout=10)
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return f"{sha}-dirty" if dirty else sha
+        if git("ls-files", "--error-unmatch", here.name).returncode != 0:
+            return "unknown"
+        sha = git("rev-parse", "HEAD").stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return f"{sha}-dirty" if dirty and sha else sha or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -77,7 +77,7 @@ def write_split(path: Path, x: np.ndarray, y: np.ndarray, meta: dict[str, Any]) 
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)  # CRCs, verified on read
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -122,7 +122,7 @@ def read_split(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     path = Path(path)
     meta = read_meta(path)
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise DataFileError(f"{path}: corrupt Parquet ({exc}); delete it and run `sgdlab prepare`") from exc
     xcol = table.column("x").combine_chunks()

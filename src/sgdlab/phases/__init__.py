@@ -60,12 +60,21 @@ class Outcome:
     error: BaseException | None = None
 
 
+class PhaseFailed(RuntimeError):
+    """Some units of a phase failed after the healthy ones' outputs were written; ``lines`` has one line per
+    failed unit (its label and error), which the CLI prints without a traceback before exiting 1."""
+
+    def __init__(self, summary: str, lines: list[str]) -> None:
+        self.summary, self.lines = summary, list(lines)
+        super().__init__(summary + "".join(f"\n  {line}" for line in lines))
+
+
 def raise_failures(phase: str, outcomes: list[Outcome]) -> None:
     """Raise one error naming every failed unit (call after the healthy units' outputs are written)."""
     failed = [o for o in outcomes if o.error is not None]
     if failed:
-        lines = "\n".join(f"  {o.unit.label}: {type(o.error).__name__}: {o.error}" for o in failed)
-        raise RuntimeError(f"{phase}: {len(failed)} of {len(outcomes)} units failed:\n{lines}")
+        lines = [f"{o.unit.label}: {type(o.error).__name__}: {str(o.error).splitlines()[0][:500]}" for o in failed]
+        raise PhaseFailed(f"{phase}: {len(failed)} of {len(outcomes)} units failed", lines)
 
 
 class SectionView:

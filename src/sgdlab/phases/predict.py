@@ -21,6 +21,13 @@ def plan(study: Study) -> Plan:
     if not synthetic.is_file():
         raise FileNotFoundError(f"{synthetic}: no synthetic set; run the gan phase first (`sgdlab gan train`)")
     runs = study.finished_runs()
+    gone = [r.row["run_key"] for r in runs if not tracking.run_exists(r.row["mlflow_run_id"])]
+    if gone:  # before any compute, and before any output is written
+        raise ValueError(
+            f"{len(gone)} of {len(runs)} finished runs point at MLflow runs that are not in the store "
+            f"{tracking.tracking_uri()} (it was replaced or deleted), e.g. run key {gone[0]}: run `sgdlab sweep` "
+            "first (it re-creates a child run for each cached key), then predict"
+        )
     data_hash = runs[0].spec.data_hash if runs else ""
     return Plan(
         [Unit("predict", {})],

@@ -24,13 +24,19 @@ def plan(study: Study) -> Plan:
     return Plan([Unit("report", {})], data_hash=rows[0].get("data_hash", "") if rows else "")
 
 
-def fetch_curves(rows: list[dict]) -> dict:
-    """Per-step curves of every run from MLflow."""
+def fetch_curves(rows: list[dict], missing: list[str] | None = None) -> dict:
+    """Per-step curves of every run from MLflow; the run keys whose MLflow run is not in the store (a replaced
+    or deleted store) are appended to ``missing`` instead of silently showing no curve."""
     curves = {}
     for r in rows:
-        if r.get("mlflow_run_id"):
-            got = {m: list(tracking.iter_metric_history(r["mlflow_run_id"], m)) for m in CURVE_METRICS}
-            curves[r["run_key"]] = {m: sorted(v) for m, v in got.items() if v}
+        if not r.get("mlflow_run_id"):
+            continue
+        if not tracking.run_exists(r["mlflow_run_id"]):
+            if missing is not None:
+                missing.append(r["run_key"])
+            continue
+        got = {m: list(tracking.iter_metric_history(r["mlflow_run_id"], m)) for m in CURVE_METRICS}
+        curves[r["run_key"]] = {m: sorted(v) for m, v in got.items() if v}
     return curves
 
 
@@ -69,11 +75,19 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
         f"profile: {study.cfg.profile or '(none)'}; dataset: {', '.join(datasets)}; {len(rows)} runs",
         f"MLflow experiment: {study.experiment_name} (browse with `sgdlab ui`)",
     ]
+    missing: list[str] = []
+    curves = fetch_curves(rows, missing)
+    if missing:
+        notes.append(
+            f"curves missing for {len(missing)} of {len(rows)} runs: their MLflow runs are not in the store "
+            f"{tracking.tracking_uri()} (replaced or deleted); `sgdlab sweep` re-creates a run for each cached key, "
+            "with its final metrics but not its per-step history, which went with the old store"
+        )
     res = build_report(
         study.results_dir,
         study.path("report", "html").parent,
         study=study.name,
-        curves=fetch_curves(rows),
+        curves=curves,
         gan_grid=grid if grid.is_file() else None,
         notes=notes,
         recipe=_recipe_check(study),

@@ -7,7 +7,7 @@ on; the phase raises at the end if any run failed, after the table is written.
 from __future__ import annotations
 
 from sgdlab import results, tracking
-from sgdlab.phases import Outcome, Plan, Unit
+from sgdlab.phases import Outcome, PhaseFailed, Plan, Unit
 from sgdlab.study import Study
 from sgdlab.sweep import RunSpec, expand
 
@@ -56,7 +56,7 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
                 "train_fraction": spec.train_fraction,
             }
         )
-        failed.append(f"{spec.label}: {reason}")
+        failed.append(f"{spec.label} (run key {spec.key}): {reason.splitlines()[0][:500]}")
     table_path = results.write_table(rows, study.path("sweep", "runs"))
     summary = results.summarize(rows)
     run = ctx["parent_run_id"]
@@ -79,9 +79,7 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
         }
     ]
     if failed:
-        raise RuntimeError(
-            f"{len(failed)} of {len(rows)} runs failed (table written to {table_path}):\n" + "\n".join(failed)
-        )
+        raise PhaseFailed(f"sweep: {len(failed)} of {len(rows)} runs failed (table written to {table_path})", failed)
     return {
         "runs_table": str(table_path),
         "n_runs": len(rows),

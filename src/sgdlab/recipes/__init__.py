@@ -166,12 +166,14 @@ def load_recipe_file(name: str, directory: Path | None = None) -> RecipeFile:
     """Read and validate ``recipes/<name>.yaml`` (its criteria against the recipe's criteria model)."""
     import yaml
 
+    from sgdlab.config import strict_yaml
+
     recipe = get_recipe(name)
     path = (directory or recipes_dir()) / f"{name}.yaml"
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file (recipe {name!r} needs it)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = strict_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     try:
