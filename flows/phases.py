@@ -21,7 +21,7 @@ from prefect import flow  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
 from flows.runners import make_task_runner  # noqa: E402
-from sgdlab import tracking  # noqa: E402
+from sgdlab import interrupt, tracking  # noqa: E402
 from sgdlab.config import Config  # noqa: E402
 from sgdlab.phases import PHASES, Outcome, get_phase  # noqa: E402
 from tasks.phase import unit_task  # noqa: E402
@@ -65,8 +65,8 @@ def parent_run(cfg: Config, name: str, data_hash: str = "", params: dict | None 
     )
     try:
         yield {"experiment_id": exp_id, "parent_run_id": run_id, "tags": tags}
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
+    except BaseException as exc:
+        tracking.end_run(run_id, "KILLED" if isinstance(exc, (interrupt.Interrupted, KeyboardInterrupt)) else "FAILED")
         raise
     tracking.end_run(run_id, "FINISHED")
 
@@ -125,6 +125,7 @@ def _publish(artifacts: list[dict]) -> None:
 
 def phase_body(cfg: Config, name: str, options: dict | None = None) -> dict:
     """Plan, map the units over the task runner, finish; inside the phase's MLflow run."""
+    interrupt.reclaim()  # SIGTERM/SIGINT stop the training threads, not only the flow engine
     phase = get_phase(name)
     study = phase.study(cfg)
     plan = phase.plan(study, **(options or {}))  # validates before any compute or MLflow run
@@ -134,7 +135,7 @@ def phase_body(cfg: Config, name: str, options: dict | None = None) -> dict:
         progress = _Progress(name, len(futures))
         order = {id(u): i for i, u in enumerate(plan.units)}
         try:
-            for fut in as_completed(list(futures)):
+            for fut in as_completed(list(futures)):  # every unit ends: a stop request ends them within a step
                 u = futures[fut]
                 try:
                     o = Outcome(u, fut.result())
@@ -144,6 +145,8 @@ def phase_body(cfg: Config, name: str, options: dict | None = None) -> dict:
                 progress.step(u.label, (o.value or {}).get("status", "ok") if o.error is None else "failed")
         finally:
             progress.close()
+        stopped = sum(isinstance(o.error, interrupt.Interrupted) for o in outcomes.values())
+        interrupt.check(f"{name}: {stopped} of {len(plan.units)} units stopped, their checkpoints written")
         out = phase.finish(study, plan, [outcomes[i] for i in sorted(outcomes)], ctx)
         _publish(out.pop("artifacts", []))
     return out

@@ -16,7 +16,10 @@ from prefect import flow  # noqa: E402
 
 from flows.phases import parent_run, pipeline_run, run_phase  # noqa: E402
 from flows.runners import make_task_runner  # noqa: E402
-from sgdlab import tracking  # noqa: E402
+from sgdlab import (
+    interrupt,  # noqa: E402
+    tracking,  # noqa: E402
+)
 from sgdlab.config import Config, load_config  # noqa: E402
 from sgdlab.phases import PHASES, get_phase  # noqa: E402
 from sgdlab.validate import validate_config  # noqa: E402
@@ -25,12 +28,14 @@ from sgdlab.validate import validate_config  # noqa: E402
 @flow(name="pipeline")
 def pipeline_flow(cfg: Config, phases: list[str] | None = None) -> dict:
     """Run the phases in order (default: all) under one MLflow parent run."""
+    interrupt.reclaim()  # between phases too, SIGTERM/SIGINT are ours (see sgdlab.interrupt)
     phases = [get_phase(p).name for p in (phases or PHASES)]  # unknown names refused before any run
     validate_config(cfg)  # everything knowable from the config, before any compute
     out: dict = {"phases": {}, "timings_s": {}}
     with parent_run(cfg, "pipeline", params={"profile": cfg.profile or "", "phases": ",".join(phases)}) as ctx:
         with pipeline_run(ctx["parent_run_id"]):
             for phase in phases:
+                interrupt.check(f"pipeline: stopped before {phase}")
                 t0 = time.perf_counter()
                 out["phases"][phase] = run_phase(cfg, phase)
                 out["timings_s"][phase] = time.perf_counter() - t0

@@ -8,7 +8,6 @@ section.key=value`` overrides. Heavy imports (torch, Prefect, MLflow) happen ins
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +50,7 @@ def _config(params: Optional[Path], overrides: Optional[list[str]], profile: Opt
 def _phase(cfg, name: str, **options) -> dict:
     """Run one phase (with the configured task runner); known errors print without a traceback."""
     from sgdlab.data import DataFileError, SourceError
+    from sgdlab.interrupt import Interrupted
     from sgdlab.phases import PhaseFailed, get_phase
 
     try:
@@ -59,13 +59,17 @@ def _phase(cfg, name: str, **options) -> dict:
         from flows.phases import run_phase
 
         return run_phase(cfg, name, **options)
-    except (SourceError, DataFileError, FileNotFoundError, ValueError, PhaseFailed) as exc:
+    except (SourceError, DataFileError, FileNotFoundError, ValueError, PhaseFailed, Interrupted) as exc:
         _fail(exc)
 
 
 def _fail(exc: Exception) -> None:
+    from sgdlab.interrupt import Interrupted
     from sgdlab.phases import PhaseFailed
 
+    if isinstance(exc, Interrupted):
+        typer.secho(f"interrupted ({exc}); re-run the same command to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     if isinstance(exc, PhaseFailed):  # one line per failed unit, the healthy units' outputs already written
         typer.secho(f"error: {exc.summary}", fg=typer.colors.RED, err=True)
         for line in exc.lines:
@@ -285,11 +289,12 @@ def run(
     from sgdlab.data import DataFileError, SourceError
 
     typer.echo(f"sgdlab run: study {cfg.study.name!r} (profile {cfg.profile}); phases: {', '.join(phases)}")
+    from sgdlab.interrupt import Interrupted
     from sgdlab.phases import PhaseFailed
 
     try:
         out = run_pipeline(cfg, phases)
-    except (SourceError, DataFileError, FileNotFoundError, ValueError, PhaseFailed) as exc:
+    except (SourceError, DataFileError, FileNotFoundError, ValueError, PhaseFailed, Interrupted) as exc:
         _fail(exc)
     if "sweep" in out["phases"]:
         _print_summary(out["phases"]["sweep"])
@@ -365,6 +370,9 @@ def serve(
     Ctrl-C stops both cleanly. The Prefect UI is not started (the API is at http://HOST:PORT/api)."""
     cfg = _config(params, set_)
     from flows.serve import start_serve_process, start_server, stop
+    from sgdlab import interrupt
+
+    interrupt.install(keyboard=True)  # SIGTERM too reaches the `finally` that stops the server and the worker
 
     sv = cfg.serve
     server = worker = None
@@ -510,8 +518,14 @@ def recipe_check(
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """The ``sgdlab`` command: Ctrl-C / SIGTERM stop training within a step, checkpointed, with one line and exit
+    130 (:mod:`sgdlab.interrupt`). Installed here, not in ``app``, so that invoking ``app`` in-process (tests,
+    notebooks) leaves the caller's signal handling alone."""
+    from sgdlab import interrupt
+
+    interrupt.install()
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

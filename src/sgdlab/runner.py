@@ -146,6 +146,9 @@ def execute_run(
     ``tracking_ctx``: ``experiment_id``, ``parent_run_id``, ``tags`` (lineage). ``on_step_factory(splits,
     spec)`` may return an ``on_step`` hook (the Hessian probe).
     """
+    from sgdlab import interrupt
+
+    interrupt.check(f"run {spec.key} not started")  # after Ctrl-C / SIGTERM nothing new starts
     run_dir = study.run_dir(spec.key)
     done = read_result(run_dir)
     if done is not None:
@@ -218,8 +221,10 @@ def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) 
             )
             val = evaluate(model, splits.x_val, splits.y_val, splits.task) if len(splits.x_val) else {}
             sink({f"val/{k.split('/')[-1]}": v for k, v in val.items()}, result.steps_done)
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
+    except BaseException as exc:
+        from sgdlab.interrupt import Interrupted
+
+        tracking.end_run(run_id, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
         raise
     row = {
         "run_key": spec.key,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgdlab import interrupt
 from sgdlab.integrity import CorruptFileError, quarantine
 from sgdlab.optim import build_optimizer
 
@@ -74,7 +75,9 @@ def train(
     resumed from (``resume=True``) bit-exactly; a sink with a ``flush()`` method is flushed before each
     checkpoint. A checkpoint that is corrupt or not a checkpoint is moved aside (``<name>.corrupt-<time>``,
     a warning names both) and the run starts from step 0 (``TrainResult.quarantined``).
-    Divergence stops the run with status "diverged".
+    Divergence stops the run with status "diverged". After a stop request (:mod:`sgdlab.interrupt`: SIGINT or
+    SIGTERM under the CLI) the loop writes its checkpoint after the current update and raises
+    :class:`~sgdlab.interrupt.Interrupted`.
     Bad input raises ValueError/TypeError before any parameter changes. For schedule-free
     optimizers (``spec.train_eval``) the model is returned holding the evaluation weights.
     """
@@ -329,6 +332,11 @@ class _Run:
             if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
                 self._flush_sink()
                 self.save(ckpt_path, optimizer_name)
+            if interrupt.requested() and not last:  # Ctrl-C / SIGTERM: keep this step, then stop
+                if ckpt_path is not None:
+                    self._flush_sink()
+                    self.save(ckpt_path, optimizer_name)
+                raise interrupt.Interrupted(f"{interrupt.signal_name()}: stopped at step {step} of {cfg.steps}")
         train_time = time.perf_counter() - t0
         opt.zero_grad(set_to_none=True)  # leave no .grad behind
         if self.spec.train_eval:
