@@ -422,3 +422,20 @@ def test_a_lost_store_is_said_plainly_and_cached_keys_get_their_runs_back(tmp_pa
     assert run.data.metrics["final/test/loss"] == pytest.approx(row["test/loss"])
     assert (study.run_dir(spec.key) / "mlflow_run_id").read_text() == again["mlflow_run_id"]
     assert execute_run(study, spec, ctx)["mlflow_run_id"] == again["mlflow_run_id"]  # repaired once, then cached
+
+
+def test_flow_runs_leave_no_pickled_results_behind(tmp_path, mlflow_store):
+    """Tasks and flows use no Prefect cache, so persisting their results only grew ``.prefect/storage`` by a
+    pickle of every phase's return value per run (4 files, 19 KB for one recipe run); now nothing is kept."""
+    for f in ("params.yaml", "dvc.yaml"):
+        (tmp_path / f).write_text((ROOT / f).read_text())
+    env = {**_env(tmp_path, mlflow_store)}
+    env.pop("PREFECT_HOME", None)  # the project's own .prefect, as for a user
+    env.pop("PREFECT_RESULTS_PERSIST_BY_DEFAULT", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "sgdlab.cli", "prepare", "--set", "data.datasets=[xor]", "--set", "train.dataset=xor"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / ".prefect").is_dir()  # the flow did run under the project's Prefect home
+    assert not list((tmp_path / ".prefect" / "storage").glob("*"))

@@ -32,6 +32,8 @@ def apply_prefect_env(root: Path | None = None) -> None:
 
     Runs stay with the project (``PREFECT_HOME=<root>/.prefect``), analytics are off (they caused
     "database is locked" noise), and the ephemeral API server gets 90 s to start on a slow 2-core box.
+    Results are not persisted: no task or flow uses Prefect's cache (each unit is idempotent in the library),
+    so a pickle of every phase's return value per run only grew ``.prefect/storage`` without bound.
     Values already in the environment win, so a user pointing ``PREFECT_API_URL`` at a server keeps it.
     """
     root = root or project_root()
@@ -40,7 +42,7 @@ def apply_prefect_env(root: Path | None = None) -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
