@@ -38,6 +38,22 @@ def _read_run_id(path: Path) -> str | None:
     return text if text and text.isalnum() else None
 
 
+def _child_tags_params(spec: RunSpec, ctx: dict[str, Any], n_params) -> tuple[dict[str, str], dict[str, Any]]:
+    """(tags, params) of a key's MLflow child run: lineage, run key, optimizer, variant, data hash; the spec."""
+    from sgdlab import tracking
+
+    tags = {
+        **ctx["tags"],
+        "run_key": spec.key,
+        "optimizer": spec.optimizer,
+        "variant": spec.variant,
+        "data_hash": spec.data_hash,
+        "phase": "sweep",
+    }
+    params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": n_params}
+    return tags, params
+
+
 def _child_run(study: Study, spec: RunSpec, run_dir: Path, ctx: dict[str, Any], n_params: int) -> tuple[str, bool]:
     """(MLflow child run id of this key, whether it was created now).
 
@@ -60,18 +76,10 @@ def _child_run(study: Study, spec: RunSpec, run_dir: Path, ctx: dict[str, Any], 
         run_id = tracking.find_tagged_run(ctx["experiment_id"], run_key=spec.key, phase="sweep")
         recovered = run_id is not None
     created = run_id is None
-    params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": n_params}
+    tags, params = _child_tags_params(spec, ctx, n_params)
     if recovered:  # the attempt that created it may have been killed before logging them (same values: a no-op)
         tracking.log_params(run_id, params)
     if created:
-        tags = {
-            **ctx["tags"],
-            "run_key": spec.key,
-            "optimizer": spec.optimizer,
-            "variant": spec.variant,
-            "data_hash": spec.data_hash,
-            "phase": "sweep",
-        }
         run_id = tracking.start_run(
             ctx["experiment_id"], spec.label, tags, parent_run_id=ctx["parent_run_id"], params=params
         )
@@ -96,17 +104,9 @@ def _ensure_tracked(study: Study, spec: RunSpec, run_dir: Path, done: dict, ctx:
         return done
     import warnings
 
-    tags = {
-        **ctx["tags"],
-        "run_key": spec.key,
-        "optimizer": spec.optimizer,
-        "variant": spec.variant,
-        "data_hash": spec.data_hash,
-        "phase": "sweep",
-        "status": str(done.get("status")),
-        "history": "lost: re-created from the cached result, the per-step curves went with the old store",
-    }
-    params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": done.get("n_params")}
+    tags, params = _child_tags_params(spec, ctx, done.get("n_params"))
+    tags["status"] = str(done.get("status"))
+    tags["history"] = "lost: re-created from the cached result, the per-step curves went with the old store"
     run_id = tracking.start_run(
         ctx["experiment_id"], spec.label, tags, parent_run_id=ctx["parent_run_id"], params=params
     )
