@@ -10,12 +10,15 @@ from sgdlab.paths import apply_prefect_env
 
 apply_prefect_env()
 
+import json  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 from prefect import flow  # noqa: E402
 
 from flows.phases import parent_run, pipeline_run, run_phase  # noqa: E402
 from flows.runners import make_task_runner  # noqa: E402
+from flows.serve import SERVED_ENV, check_run_parameters  # noqa: E402
 from sgdlab import (
     interrupt,  # noqa: E402
     tracking,  # noqa: E402
@@ -56,6 +59,10 @@ def study_flow(
     profile: str | None = None,
     phases: list[str] | None = None,
 ) -> dict:
-    """Deployable entry point: load the config when the run starts, then run the pipeline."""
+    """Deployable entry point: load the config when the run starts, then run the pipeline. Under
+    ``sgdlab serve`` the run's parameters are checked first (see ``flows.serve.check_run_parameters``)."""
+    served = os.environ.get(SERVED_ENV)
+    if served:
+        check_run_parameters(json.loads(served), params_path, overrides, profile)
     cfg = load_config(params_path, overrides or [], profile)
     return run_pipeline(cfg, phases)

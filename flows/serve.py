@@ -142,10 +142,58 @@ def stop(*procs: subprocess.Popen | None, timeout: float = 20.0) -> None:
                     continue
 
 
+# Set in the serving process (and so in every flow run it executes): the parameters the operator served.
+SERVED_ENV = "SGDLAB_SERVED"
+
+
+def _is_path_key(key: str) -> bool:
+    """Settings that decide where files are read or written (``study.models_dir``, ``data.root``, any
+    ``*_dir``/``*_path``, and the switch that lets them leave the project)."""
+    from sgdlab.config import PATH_KEYS
+
+    parts = tuple(key.split("."))
+    last = parts[-1]
+    return (
+        parts in PATH_KEYS
+        or parts == ("study", "allow_outside_project")
+        or last.endswith(("_dir", "_path", "_file"))
+        or last in ("root", "path")
+    )
+
+
+def check_run_parameters(
+    served: dict, params_path: str | None, overrides: list[str] | None, profile: str | None
+) -> None:
+    """Refuse flow-run parameters that would point a served deployment's outputs somewhere else.
+
+    The Prefect API that ``sgdlab serve`` starts has no authentication, so anyone who can reach it can
+    create a run of the deployment with their own parameters. Those runs may choose a profile, a subset of
+    phases and value overrides, but not another params file or a path setting other than the ones the
+    operator served (raises ``ConfigError`` naming the parameter, before any compute).
+    """
+    from sgdlab.config import ConfigError, parse_override
+
+    served_params = served.get("params_path")
+    if (params_path or None) != (served_params or None):
+        raise ConfigError(
+            f"params_path {params_path!r}: this deployment serves {served_params or 'the project params.yaml'!r} "
+            "only; start another `sgdlab serve --params FILE` to schedule a different file"
+        )
+    allowed = set(served.get("overrides") or [])
+    for item in overrides or []:
+        key, _ = parse_override(item)
+        if _is_path_key(key) and item not in allowed:
+            raise ConfigError(
+                f"override {key}: path settings cannot be changed through a served deployment "
+                "(set them in params.yaml or in the `sgdlab serve --set` that serves it)"
+            )
+
+
 def _serve_main(spec: dict) -> None:
     from sgdlab.paths import apply_prefect_env
 
     apply_prefect_env()
+    os.environ[SERVED_ENV] = json.dumps(spec)  # inherited by the flow-run processes the serve loop starts
     from flows.pipeline import study_flow
 
     study_flow.serve(
@@ -161,6 +209,7 @@ def _serve_main(spec: dict) -> None:
         description="The sgdlab study pipeline on a schedule (sgdlab serve).",
         tags=["sgdlab"],
         pause_on_shutdown=False,
+        limit=1,  # one study run at a time: a late run waits for the previous one instead of competing for its keys
     )
 
 

@@ -60,13 +60,35 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
                     runs = client.read_flow_runs()
                     scheduled = [r for r in runs if r.deployment_id is not None]
                     done = [r for r in scheduled if r.state and r.state.is_completed()]
-                    failed = [r for r in scheduled if r.state and r.state.is_failed()]
+                    failed = [r for r in scheduled if r.state and r.state.is_failed()]  # none yet: see below
                     assert not failed, (tmp_path / "serve.log").read_text()[-3000:]
                     completed = done[0] if done else None
                 assert completed is not None, (
                     "no scheduled run completed in time:\n" + (tmp_path / "serve.log").read_text()[-3000:]
                 )
                 deployment = client.read_deployment(completed.deployment_id)
+                # The API has no authentication: a run created with a path override must fail before any
+                # compute, naming the key, and write nothing at the path it asked for.
+                elsewhere = tmp_path / "elsewhere"
+                client.pause_deployment(deployment.id)  # no more scheduled runs competing for the serve loop
+                for r in client.read_flow_runs():
+                    if r.deployment_id == deployment.id and r.state and r.state.is_scheduled():
+                        client.delete_flow_run(r.id)
+                rogue = client.create_flow_run_from_deployment(
+                    deployment.id,
+                    parameters={
+                        "params_path": str(tmp_path / "params.yaml"),
+                        "overrides": ["study.allow_outside_project=true", f"study.models_dir={elsewhere}"],
+                    },
+                )
+                while time.monotonic() < deadline:
+                    state = client.read_flow_run(rogue.id).state
+                    if state and state.is_final():
+                        break
+                    time.sleep(2)
+                assert state.is_failed(), state
+                assert "study.allow_outside_project" in (state.message or ""), state.message
+                assert not elsewhere.exists()
         assert deployment.name == "every-few-seconds"
         runs = tracking.find_runs("sched-test")
         pipeline = [r for r in runs if r.info.run_name == "pipeline"]
@@ -77,3 +99,20 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
     finally:
         stop(worker, server)
     assert server.poll() is not None and worker.poll() is not None  # both stopped cleanly
+
+
+def test_served_deployment_refuses_other_params_files_and_path_overrides():
+    import pytest
+
+    from flows.serve import check_run_parameters
+    from sgdlab.config import ConfigError
+
+    served = {"params_path": "/p/params.yaml", "overrides": ["study.results_dir=out"]}
+    check_run_parameters(served, "/p/params.yaml", ["train.steps=5", "study.results_dir=out"], "full")  # allowed
+    with pytest.raises(ConfigError, match="params_path '/q/params.yaml'"):
+        check_run_parameters(served, "/q/params.yaml", [], None)
+    for key in ("study.models_dir", "study.results_dir", "data.root", "study.name", "data.fashion_mnist.source_dir"):
+        with pytest.raises(ConfigError, match=f"override {key}: path settings"):
+            check_run_parameters(served, "/p/params.yaml", [f"{key}=/tmp/x"], None)
+    with pytest.raises(ConfigError, match="override study.allow_outside_project"):
+        check_run_parameters(served, "/p/params.yaml", ["study.allow_outside_project=true"], None)
