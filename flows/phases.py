@@ -142,7 +142,8 @@ def phase_body(cfg: Config, name: str, options: dict | None = None) -> dict:
                 except Exception as exc:  # recorded; finish decides (sweep: a failed row; others: raise)
                     o = Outcome(u, error=exc)
                 outcomes[order[id(u)]] = o
-                progress.step(u.label, (o.value or {}).get("status", "ok") if o.error is None else "failed")
+                status = "stopped" if isinstance(o.error, interrupt.Interrupted) else "failed"
+                progress.step(u.label, (o.value or {}).get("status", "ok") if o.error is None else status)
         finally:
             progress.close()
         stopped = sum(isinstance(o.error, interrupt.Interrupted) for o in outcomes.values())

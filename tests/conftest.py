@@ -30,6 +30,15 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # 2 shared cores: two threads per process oversubscribe them (4-9x slower measured)
 
 
+@pytest.fixture(autouse=True)
+def _reap_spawned():
+    """Processes a test started with ``procs.spawn`` do not outlive it, even when it fails or times out."""
+    import procs
+
+    yield
+    procs.reap()
+
+
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME

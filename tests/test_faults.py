@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import spawn
 
 from sgdlab import tracking
 from sgdlab.config import from_dict
@@ -59,13 +60,12 @@ def _env(tmp_path: Path, uri: str) -> dict:
 def _start(tmp_path: Path, raw: dict, uri: str, tag: str, die_at=None) -> subprocess.Popen:
     conf = tmp_path / f"worker-{tag}.json"
     conf.write_text(json.dumps({"cfg": raw, "die_at": die_at}))
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, str(WORKER), str(conf)],
         env=_env(tmp_path, uri),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,
     )
 
 
@@ -183,8 +183,7 @@ def test_a_fresh_store_opened_by_many_processes_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     env = {**_env(tmp_path, uri)}
     procs = [
-        subprocess.Popen([sys.executable, "-c", _OPEN_STORE, str(i)], env=env, stderr=subprocess.PIPE, text=True)
-        for i in range(6)
+        spawn([sys.executable, "-c", _OPEN_STORE, str(i)], env=env, stderr=subprocess.PIPE, text=True) for i in range(6)
     ]
     errors = [p.communicate(timeout=180)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, "\n".join(e[-1500:] for e in errors if e)
@@ -285,9 +284,7 @@ time.sleep(60)
 
 
 def test_runs_left_running_by_a_killed_process_are_closed(tmp_path, mlflow_store):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN], env=_env(tmp_path, mlflow_store), stdout=subprocess.PIPE, text=True
-    )
+    proc = spawn([sys.executable, "-c", _ORPHAN], env=_env(tmp_path, mlflow_store), stdout=subprocess.PIPE, text=True)
     run_id = proc.stdout.readline().strip()
     exp = tracking.ensure_experiment("orphans")
     mine = tracking.start_run(exp, "alive", {})  # owned by this (living) process

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import yaml
+from procs import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 SGDLAB = [sys.executable, "-m", "sgdlab.cli"]
@@ -19,12 +20,12 @@ def _project(tmp_path, mlflow_store, **over):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["study"]["name"] = "cli"
     params["data"].update({"datasets": ["xor"], "xor": {"n_train": 400, "n_test": 100}, "probe_size": 32})
-    params["train"].update({"dataset": "xor", "steps": 600, "log_every": 100, "eval_every": 0, "checkpoint_every": 150})
+    params["train"].update({"dataset": "xor", "steps": 400, "log_every": 100, "eval_every": 0, "checkpoint_every": 100})
     params["sweep"].update(
         {
             "optimizers": [{"name": "sgd", "lr": [0.05, 0.1, 0.2, 0.4]}],
             "seeds": [0],
-            "models": [{"name": "mlp", "kwargs": {"widths": [256, 256]}}],
+            "models": [{"name": "mlp", "kwargs": {"widths": [128, 128]}}],
             "batch_sizes": [32],
         }
     )
@@ -48,9 +49,7 @@ def _results(tmp_path):
 def test_killed_mid_sweep_then_rerun_finishes_without_retraining(tmp_path, mlflow_store):
     env = _project(tmp_path, mlflow_store)
     cmd = [*SGDLAB, "run", "--phase", "prepare", "--phase", "sweep"]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = spawn(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(_results(tmp_path)) < 1:  # kill as soon as the first run has finished
         assert proc.poll() is None and time.monotonic() < deadline, "sweep ended before it could be interrupted"
