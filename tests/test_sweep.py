@@ -237,3 +237,40 @@ def test_an_optimizer_entry_can_carry_its_own_schedule():
     assert kinds == {0.1: "constant", 0.2: "cosine"}
     with pytest.raises(Exception, match="kind"):
         _cfg(sweep={"optimizers": [{"name": "sgd", "lr": 0.1, "schedule": {"kind": "zigzag"}}]})
+
+
+def test_population_sweep_matches_one_at_a_time(prefect_harness, mlflow_store, tmp_path, monkeypatch):
+    """orchestration.population=auto groups keys that differ in seed and lr: same run keys, one MLflow child
+    run and one checkpoint per key, results as alone (float32: batched kernels round differently)."""
+    monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
+    from flows.phases import run_phase
+
+    rows = {}
+    for mode in ("off", "auto"):
+        cfg = _cfg(tmp_path, study={"name": f"pop-{mode}"}, orchestration={"population": mode})
+        rows[mode] = {r["run_key"]: r for r in run_phase(cfg, "sweep")["rows"]}
+    assert rows["off"].keys() == rows["auto"].keys() and len(rows["auto"]) == 8
+    assert sorted(r["population"] for r in rows["auto"].values()) == [
+        2,
+        2,
+        2,
+        2,
+        4,
+        4,
+        4,
+        4,
+    ]  # momentum: 2 lrs x 2 seeds
+    assert all(r["population"] == 1 for r in rows["off"].values())
+    for key, a in rows["auto"].items():
+        b = rows["off"][key]
+        assert a["status"] == b["status"] and a["steps_done"] == b["steps_done"], key
+        if a["status"] == "finished":
+            assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4, abs=1e-6), key
+            assert a["test/acc"] == pytest.approx(b["test/acc"], abs=0.011), key
+            assert (tmp_path / "models" / "pop-auto" / key / "checkpoint.pt").is_file()
+    for mode in ("off", "auto"):
+        children = _children(f"pop-{mode}")
+        assert sorted(c.data.tags["run_key"] for c in children) == sorted(rows[mode])  # one child run per key
+    tags = {c.data.tags["trained_as"] for c in _children("pop-auto")}
+    assert tags == {"population of 2", "population of 4"}, tags
+    assert {c.data.tags["trained_as"] for c in _children("pop-off")} == {"alone"}

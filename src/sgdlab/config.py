@@ -337,6 +337,10 @@ class OrchestrationConfig(_Frozen):
     task_runner: Literal["thread", "process", "dask"] = "thread"
     max_workers: int = Field(2, ge=1)
     dask_address: str | None = None  # None with task_runner=dask: a LocalCluster of max_workers workers
+    # auto: sweep keys that differ only in seed and optimizer hyper-parameters train as one population (one
+    # vectorised forward/backward per step; sgdlab.train.population); off: every key alone
+    population: Literal["auto", "off"] = "auto"
+    population_max_members: int = Field(16, ge=1)
 
 
 class TrackingConfig(_Frozen):

@@ -80,7 +80,9 @@ class RunLock:
             f.write(body)
         return True
 
-    def acquire(self) -> RunLock:
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (waiting while a live owner holds it); ``blocking=False``: return False instead of
+        waiting. A stale owner's lock is taken over either way."""
         told = False
         while not self.try_acquire():
             owner = self.owner()
@@ -91,6 +93,8 @@ class RunLock:
                 except FileNotFoundError:
                     pass
                 continue
+            if not blocking:
+                return False
             if not told and self.on_wait is not None:
                 self.on_wait(owner or {})
                 told = True
@@ -98,7 +102,7 @@ class RunLock:
         self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, name=f"lock-{self.path.parent.name}", daemon=True)
         self._beat.start()
-        return self
+        return True
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -120,7 +124,8 @@ class RunLock:
                 pass
 
     def __enter__(self) -> RunLock:
-        return self.acquire()
+        self.acquire()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()

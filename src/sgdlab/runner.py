@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +167,26 @@ def execute_run(
         return _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir)
 
 
-def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) -> dict[str, Any]:
+@dataclass
+class _Prepared:
+    """One key ready to train: its data, model, loop config and MLflow child run."""
+
+    spec: RunSpec
+    run_dir: Path
+    splits: Any
+    model: Any
+    cfg: Any
+    tensors: Any
+    train_idx: Any
+    run_id: str
+    logged: dict
+    hook: Callable | None
+
+
+def _prepare_run(study, spec, tracking_ctx, on_step_factory, run_dir: Path) -> _Prepared:
     from sgdlab import tracking
     from sgdlab.models import build_model, param_count
-    from sgdlab.train import DataTensors, LoopConfig, evaluate, train
+    from sgdlab.train import DataTensors, LoopConfig
 
     splits = study.load(replace(spec.data, train_fraction=1.0))  # verified against the key's data hash
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,33 +215,65 @@ def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) 
         else (splits.x_train[train_idx], splits.y_train[train_idx])
     )
     tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test)
-
     run_id, created = _child_run(study, spec, run_dir, tracking_ctx, param_count(model))
-    hook = on_step_factory(splits, spec) if on_step_factory else None
     # a resumed run replays from its checkpoint: the points its store already holds are not logged again
     logged = {} if created else tracking.last_logged_steps(run_id)
     hook = on_step_factory(splits, spec) if on_step_factory else None
+    return _Prepared(spec, run_dir, splits, model, cfg, tensors, train_idx, run_id, logged, hook)
+
+
+def _log_val(p: _Prepared, sink, result) -> dict:
+    from sgdlab.train import evaluate
+
+    splits = p.splits
+    val = evaluate(p.model, splits.x_val, splits.y_val, splits.task) if len(splits.x_val) else {}
+    sink({f"val/{k.split('/')[-1]}": v for k, v in val.items()}, result.steps_done)
+    return val
+
+
+def _end_failed(run_id: str, exc: BaseException) -> None:
+    from sgdlab import tracking
+    from sgdlab.interrupt import Interrupted
+
+    tracking.end_run(run_id, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+
+
+def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) -> dict[str, Any]:
+    p = _prepare_run(study, spec, tracking_ctx, on_step_factory, run_dir)
+    return _train_prepared(study, p, progress)
+
+
+def _train_prepared(study, p: _Prepared, progress, population_note: str | None = None) -> dict[str, Any]:
+    from sgdlab import tracking
+    from sgdlab.train import train
+
     try:
-        with tracking.MetricBuffer(run_id, logged=logged) as sink:
+        with tracking.MetricBuffer(p.run_id, logged=p.logged) as sink:
             result = train(
-                model,
-                spec.optimizer,
-                spec.hparams,
-                tensors,
-                cfg,
-                checkpoint_path=run_dir / "checkpoint.pt",
+                p.model,
+                p.spec.optimizer,
+                p.spec.hparams,
+                p.tensors,
+                p.cfg,
+                checkpoint_path=p.run_dir / "checkpoint.pt",
                 resume=True,
                 metric_sink=sink,
-                on_step=hook,
+                on_step=p.hook,
                 progress=progress,
             )
-            val = evaluate(model, splits.x_val, splits.y_val, splits.task) if len(splits.x_val) else {}
-            sink({f"val/{k.split('/')[-1]}": v for k, v in val.items()}, result.steps_done)
+            val = _log_val(p, sink, result)
     except BaseException as exc:
-        from sgdlab.interrupt import Interrupted
-
-        tracking.end_run(run_id, "KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        _end_failed(p.run_id, exc)
         raise
+    return _record_run(study, p, result, val, 1, population_note)
+
+
+def _record_run(study, p: _Prepared, result, val: dict, population: int, note: str | None = None) -> dict[str, Any]:
+    """The runs-table row, the child run's tags and final metrics, then ``result.json`` (last)."""
+    from sgdlab import tracking
+    from sgdlab.models import param_count
+
+    spec, run_id, splits, run_dir = p.spec, p.run_id, p.splits, p.run_dir
     row = {
         "run_key": spec.key,
         "base_key": spec.base_key,
@@ -242,21 +290,25 @@ def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) 
         "steps": spec.steps,
         "seed": spec.seed,
         "train_fraction": spec.train_fraction,
-        "n_train": len(x_tr),
+        "n_train": len(p.tensors.x_train),
         "status": result.status,
         "reason": result.reason,
         "steps_done": result.steps_done,
-        "n_params": param_count(model),
+        "n_params": param_count(p.model),
         **{k: float(v) for k, v in result.metrics.items()},
         **{f"val/{k.split('/')[-1]}": float(v) for k, v in val.items()},
         "wall_time_s": result.wall_time_s,
         "samples_per_s": result.samples_per_s,
         "resumed_from": result.resumed_from,
+        "population": population,  # members trained together with this key (1: alone)
         "mlflow_run_id": run_id,
         "checkpoint": study.relative(run_dir / "checkpoint.pt"),
         "device": str(splits.x_train.device),
     }
     tags = {"status": result.status, **({"diverged_reason": result.reason} if result.reason else {})}
+    tags["trained_as"] = f"population of {population}" if population > 1 else "alone"
+    if note:
+        tags["trained_alone_because"] = note[:500]
     if result.quarantined:
         tags["checkpoint_quarantined"] = study.relative(Path(result.quarantined))
     tracking.set_tags(run_id, tags)
@@ -268,6 +320,101 @@ def _train(study, spec, tracking_ctx, on_step_factory, progress, run_dir: Path) 
     tracking.end_run(run_id, "FINISHED")
     # the run's own training examples (indices into the training part; None: all of it), for every later
     # per-run quantity (train error, gap, probes) to use exactly these
+    train_idx = p.train_idx
     indices = None if train_idx is None else train_idx.cpu().tolist()
     _write_json(run_dir / "result.json", {**row, "spec": spec.to_dict(), "train_indices": indices})
     return {**row, "cached": False}
+
+
+def execute_population(
+    study: Study,
+    specs: list[RunSpec],
+    tracking_ctx: dict[str, Any],
+    on_step_factory: Callable[[Any, RunSpec], Callable | None] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``specs`` (same model, data, optimizer family, batch size, steps and loop settings; seeds and
+    hyper-parameters differ) as one population (:mod:`sgdlab.train.population`); per key exactly what
+    :func:`execute_run` gives: cached results, locks, MLflow child runs, checkpoints, resume, ``result.json``.
+
+    Returns one entry per spec, in order: its runs-table row, or ``{"run_key", "error"}`` for a key that
+    failed (the others go on). Keys another process is training are left to it (then read back, as
+    ``execute_run`` does). When the model cannot be vectorised (BatchNorm, dropout) the keys train one after
+    another and their child runs say why (tag ``trained_alone_because``).
+    """
+    from contextlib import ExitStack
+
+    from sgdlab import interrupt, tracking
+    from sgdlab.locks import RunLock
+    from sgdlab.train.population import Member, population_blocker, train_population
+
+    interrupt.check(f"population of {len(specs)} not started")
+    out: dict[str, dict[str, Any]] = {}
+    locks, later, todo = [], [], []
+    try:
+        for spec in specs:
+            run_dir = study.run_dir(spec.key)
+            done = read_result(run_dir)
+            if done is None:
+                lock = RunLock(run_dir.with_name(f"{run_dir.name}.lock"))
+                if not lock.acquire(blocking=False):
+                    later.append(spec)  # another process trains it: wait for it below, alone
+                    continue
+                locks.append(lock)
+                done = read_result(run_dir)  # finished between the first look and the lock
+            if done is not None:
+                out[spec.key] = {**_ensure_tracked(study, spec, run_dir, done, tracking_ctx), "cached": True}
+            else:
+                todo.append(spec)
+        prepared = []
+        for spec in todo:
+            try:
+                prepared.append(_prepare_run(study, spec, tracking_ctx, on_step_factory, study.run_dir(spec.key)))
+            except Exception as exc:  # e.g. a damaged data file: this key fails, the others go on
+                out[spec.key] = {"run_key": spec.key, "error": f"{type(exc).__name__}: {exc}"}
+        blocker = (
+            population_blocker(prepared[0].model, prepared[0].spec.optimizer, prepared[0].cfg) if prepared else None
+        )
+        if len(prepared) == 1 or blocker:
+            for p in prepared:
+                try:
+                    out[p.spec.key] = _train_prepared(study, p, progress, blocker)
+                except interrupt.Interrupted:
+                    raise
+                except Exception as exc:
+                    out[p.spec.key] = {"run_key": p.spec.key, "error": f"{type(exc).__name__}: {exc}"}
+        elif prepared:
+            with ExitStack() as stack:
+                sinks = [stack.enter_context(tracking.MetricBuffer(p.run_id, logged=p.logged)) for p in prepared]
+                members = [
+                    Member(p.model, p.spec.optimizer, p.spec.hparams, p.tensors, p.cfg, p.run_dir / "checkpoint.pt",
+                           sink, p.hook)
+                    for p, sink in zip(prepared, sinks)
+                ]  # fmt: skip
+                try:
+                    results = train_population(members, progress=progress)
+                except BaseException as exc:
+                    for p in prepared:
+                        _end_failed(p.run_id, exc)
+                    raise
+                vals = {}
+                for p, sink, res in zip(prepared, sinks, results):
+                    if not isinstance(res, BaseException):
+                        vals[p.spec.key] = _log_val(p, sink, res)
+            for p, res in zip(prepared, results):
+                if isinstance(res, BaseException):
+                    _end_failed(p.run_id, res)
+                    out[p.spec.key] = {"run_key": p.spec.key, "error": f"{type(res).__name__}: {res}"}
+                else:
+                    out[p.spec.key] = _record_run(study, p, res, vals[p.spec.key], len(prepared))
+    finally:
+        for lock in locks:
+            lock.release()
+    for spec in later:
+        try:
+            out[spec.key] = execute_run(study, spec, tracking_ctx, on_step_factory, progress)
+        except interrupt.Interrupted:
+            raise
+        except Exception as exc:
+            out[spec.key] = {"run_key": spec.key, "error": f"{type(exc).__name__}: {exc}"}
+    return [out[s.key] for s in specs]

@@ -18,29 +18,93 @@ def plan(study: Study) -> Plan:
     params = tracking.flatten(
         {"train": study.cfg.train.model_dump(mode="json"), "sweep": study.cfg.sweep.model_dump(mode="json")}
     )
+    orch = study.cfg.orchestration
+    groups = populations(specs, orch.population_max_members) if orch.population == "auto" else [[s] for s in specs]
+    units = []
+    for g in groups:
+        if len(g) == 1:
+            units.append(Unit(g[0].label, {"spec": g[0].to_dict()}))
+        else:
+            label = f"population of {len(g)}: {g[0].label.split(' lr=')[0]} ({', '.join(s.label for s in g)})"
+            units.append(Unit(label[:300], {"specs": [s.to_dict() for s in g]}))
+    n_pop = sum(len(g) for g in groups if len(g) > 1)
+    if n_pop:
+        print(f"sweep: {n_pop} of {len(specs)} runs train in {sum(len(g) > 1 for g in groups)} populations", flush=True)
     return Plan(
-        [Unit(s.label, {"spec": s.to_dict()}) for s in specs],
-        params={**params, "n_runs": len(specs)},
+        units,
+        params={**params, "n_runs": len(specs), "n_population_runs": n_pop},
         data_hash=data.data_hash,
     )
 
 
+def populations(specs: list[RunSpec], max_members: int) -> list[list[RunSpec]]:
+    """Group run keys that may share vectorised updates: same data, model, optimizer family, batch size,
+    steps, loop and probe settings (seeds and hyper-parameters differ), and a family the population path
+    supports. At most ``max_members`` per group; the rest (and singletons) train alone. Order is kept."""
+    import json
+    from dataclasses import asdict
+
+    from sgdlab.train.population import POPULATION_FAMILIES
+
+    groups: dict[str, list[RunSpec]] = {}
+    order: list[str] = []
+    for s in specs:
+        if s.optimizer in POPULATION_FAMILIES and not s.loop.get("physical_batch_size") and not s.loop.get("compile"):
+            key = json.dumps(
+                [asdict(s.data), s.model, s.model_kwargs,
+                 s.optimizer, s.batch_size, s.steps, s.loop, s.probe], sort_keys=True, default=str,
+            )  # fmt: skip
+        else:
+            key = f"alone:{s.key}"
+        if key not in groups:
+            groups[key], _ = [], order.append(key)
+        groups[key].append(s)
+    out = []
+    for key in order:
+        g = groups[key]
+        out.extend(g[i : i + max_members] for i in range(0, len(g), max_members))
+    return out
+
+
 def unit(study: Study, payload: dict, ctx: dict) -> dict:
     from sgdlab.probing import sharpness_hook_factory
-    from sgdlab.runner import execute_run
+    from sgdlab.runner import execute_population, execute_run
 
+    if "specs" in payload:
+        specs = [RunSpec.from_dict(d) for d in payload["specs"]]
+        rows = execute_population(study, specs, ctx, on_step_factory=sharpness_hook_factory(specs[0].probe))
+        return {"members": rows, "status": _population_status(rows)}
     spec = RunSpec.from_dict(payload["spec"])
     return execute_run(study, spec, ctx, on_step_factory=sharpness_hook_factory(spec.probe))
 
 
+def _population_status(rows: list[dict]) -> str:
+    failed = sum("error" in r for r in rows)
+    statuses = sorted({r.get("status", "failed") for r in rows if "error" not in r})
+    return ", ".join(statuses + ([f"{failed} failed"] if failed else [])) or "failed"
+
+
+def _runs(outcomes: list[Outcome]):
+    """(spec, row or None, reason or None) for every run key, population members included."""
+    for o in outcomes:
+        dicts = o.unit.payload["specs"] if "specs" in o.unit.payload else [o.unit.payload["spec"]]
+        specs = [RunSpec.from_dict(d) for d in dicts]
+        if o.error is not None:
+            for spec in specs:
+                yield spec, None, f"{type(o.error).__name__}: {o.error}"
+        elif "members" in o.value:
+            for spec, row in zip(specs, o.value["members"]):
+                yield (spec, None, row["error"]) if "error" in row else (spec, row, None)
+        else:
+            yield specs[0], o.value, None
+
+
 def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict:
     rows, failed = [], []
-    for o in outcomes:
-        if o.error is None:
-            rows.append(o.value)
+    for spec, row, reason in _runs(outcomes):
+        if row is not None:
+            rows.append(row)
             continue
-        spec = RunSpec.from_dict(o.unit.payload["spec"])
-        reason = f"{type(o.error).__name__}: {o.error}"
         rows.append(
             {
                 "run_key": spec.key,

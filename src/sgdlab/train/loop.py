@@ -82,6 +82,28 @@ def train(
     optimizers (``spec.train_eval``) the model is returned holding the evaluation weights.
     """
     t_call = time.perf_counter()
+    run = _prepare(model, optimizer_name, hparams, data, cfg, checkpoint_path, resume, metric_sink, on_step, progress)
+    rng_devices = _rng_devices(run.device)
+    with torch.random.fork_rng(devices=rng_devices):  # the caller's global RNG is restored after
+        torch.default_generator.manual_seed(_derive_seed(cfg.seed, 1))
+        for i in rng_devices:
+            torch.cuda.default_generators[i].manual_seed(_derive_seed(cfg.seed, 1))
+        try:
+            if run.ckpt is not None:
+                run.restore(run.ckpt)
+            run.begin()
+            result = run.loop()
+        finally:
+            run.close()
+            if not run.spec.train_eval:
+                model.train(run.was_training)
+    return TrainResult(**result, wall_time_s=time.perf_counter() - t_call, quarantined=run.quarantined)
+
+
+def _prepare(model, optimizer_name, hparams, data, cfg, checkpoint_path, resume, metric_sink, on_step, progress):
+    """Everything before the first update, shared with population training: input checks (nothing here
+    changes the model's parameters), the optimizer, the batch samplers and the checkpoint to resume from
+    (``run.ckpt``; restored by the caller inside its RNG fork)."""
     if not isinstance(cfg, LoopConfig):
         raise TypeError(f"cfg must be a LoopConfig, got {type(cfg).__name__}")
     spec, resolved, bps = check_optimizer(optimizer_name, hparams, cfg.task)
@@ -90,7 +112,7 @@ def train(
     use_cuda = device.type == "cuda"
     for flag in ("amp_bf16", "compile"):
         if getattr(cfg, flag) and not use_cuda:
-            warnings.warn(f"LoopConfig.{flag}=True is ignored on {device.type}", stacklevel=2)
+            warnings.warn(f"LoopConfig.{flag}=True is ignored on {device.type}", stacklevel=3)
     xt, yt, xs, ys = (t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     if cfg.task == "classification":
         yt, ys = yt.long(), ys.long()
@@ -106,7 +128,7 @@ def train(
             ckpt = load_checkpoint(ckpt_path)
         except CorruptFileError as exc:  # never resume from wrong numbers: keep the file aside, start over
             quarantined = str(quarantine(ckpt_path))
-            warnings.warn(f"{exc}; moved to {quarantined}; training this run from step 0", stacklevel=2)
+            warnings.warn(f"{exc}; moved to {quarantined}; training this run from step 0", stacklevel=3)
     cfg_dict = cfg.to_dict()
     if ckpt is not None:
         check_compatible(ckpt, cfg_dict, optimizer_name, resolved, ckpt_path)
@@ -129,37 +151,26 @@ def train(
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp_bf16 and use_cuda else None
     fwd = torch.compile(model) if cfg.compile and use_cuda else model
-    rng_devices = _rng_devices(device)
-    with torch.random.fork_rng(devices=rng_devices):  # the caller's global RNG is restored after
-        torch.default_generator.manual_seed(_derive_seed(cfg.seed, 1))
-        for i in rng_devices:
-            torch.cuda.default_generators[i].manual_seed(_derive_seed(cfg.seed, 1))
-        run = _Run(
-            model,
-            fwd,
-            optimizer,
-            spec,
-            resolved,
-            bps,
-            samplers,
-            data,
-            cfg,
-            amp,
-            base_lrs,
-            metric_sink,
-            on_step,
-            make_progress(progress, cfg.steps),
-            device,
-        )
-        try:
-            if ckpt is not None:
-                run.restore(ckpt)
-            result = run.loop(ckpt_path, optimizer_name)
-        finally:
-            run.close()
-            if not spec.train_eval:
-                model.train(was_training)
-    return TrainResult(**result, wall_time_s=time.perf_counter() - t_call, quarantined=quarantined)
+    run = _Run(
+        model,
+        fwd,
+        optimizer,
+        spec,
+        resolved,
+        bps,
+        samplers,
+        data,
+        cfg,
+        amp,
+        base_lrs,
+        metric_sink,
+        on_step,
+        make_progress(progress, cfg.steps),
+        device,
+    )
+    run.ckpt, run.quarantined, run.was_training = ckpt, quarantined, was_training
+    run.ckpt_path, run.optimizer_name = ckpt_path, optimizer_name
+    return run
 
 
 class _Run:
@@ -204,6 +215,9 @@ class _Run:
         self.recorded: list[torch.Tensor | None] = [None] * bps
         self.train_mode = False  # schedule-free optimizers: is opt in train mode
         self.closure = self._make_closure()
+        self.cpu_rng_state: torch.Tensor | None = None  # population members: their own (see population.py)
+        self.ckpt = self.quarantined = self.ckpt_path = self.optimizer_name = None  # set by _prepare
+        self.was_training = True
 
     # ---- the closure of the step protocol --------------------------------------------------------
     def _make_closure(self):
@@ -280,71 +294,91 @@ class _Run:
             g["lr"] = base * f
         return self.base_lrs[0] * f
 
-    def loop(self, ckpt_path: Path | None, optimizer_name: str) -> dict[str, Any]:
-        cfg, opt, model = self.cfg, self.opt, self.model
-        constant_lr = cfg.schedule.kind == "constant"
-        lr = self._set_lr(self.step)
+    def begin(self) -> None:
+        """Before the first update of this call (fresh or resumed)."""
+        self.constant_lr = self.cfg.schedule.kind == "constant"
+        self.lr = self._set_lr(self.step)
         if self.spec.train_eval:
-            opt.train()
+            self.opt.train()
         self.train_mode = True
-        model.train()
-        status, reason = "finished", None
-        start_step, t0 = self.step, time.perf_counter()
-        bps = self.bps
-        while self.step < cfg.steps:
-            if not constant_lr:
-                lr = self._set_lr(self.step)
-            self._draw()
-            self.recorded = [None] * bps
-            ret = opt.step(self.closure)
-            rec = self.recorded
-            if bps == 1 and rec[0] is not None:
-                loss = rec[0]
-            elif all(r is not None for r in rec):
-                loss = torch.stack(rec).mean()
-            else:  # the optimizer skipped a closure(k): fall back on the loss it returned
-                loss = torch.as_tensor(ret).detach().reshape(())
-            if self.loss0 is None:
-                self.loss0 = loss
-            self.win_loss.append(loss)
-            self.step += 1
-            step = self.step
-            metrics: dict[str, float] = {}
-            if self.on_step is not None:
-                with torch.random.fork_rng(devices=_rng_devices(self.device)):
-                    extra = self.on_step(step, model, opt, lr)
-                if not model.training:
-                    model.train()
-                if extra:
-                    metrics.update(extra)
-            last = step == cfg.steps
-            if step % cfg.log_every == 0 or last:
-                logged, reason = self._flush(lr)
-                metrics.update(logged)
-                if reason is not None:
-                    status = "diverged"
-            if cfg.eval_every and step % cfg.eval_every == 0 and not (last and cfg.final_eval):
-                metrics.update(self._evaluate("test"))
-            if metrics and self.sink is not None:
-                self.sink(metrics, step)
-            if status == "diverged":
+        self.model.train()
+        self.status, self.reason = "finished", None
+        self.start_step, self.t0 = self.step, time.perf_counter()
+
+    def draw(self) -> None:
+        """The learning rate and the minibatches of the next update."""
+        if not self.constant_lr:
+            self.lr = self._set_lr(self.step)
+        self._draw()
+        self.recorded = [None] * self.bps
+
+    def loop(self) -> dict[str, Any]:
+        while self.step < self.cfg.steps:
+            self.draw()
+            if self.after_update(self.opt.step(self.closure)):
                 break
-            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
-                self._flush_sink()
-                self.save(ckpt_path, optimizer_name)
-            if interrupt.requested() and not last:  # Ctrl-C / SIGTERM: keep this step, then stop
-                if ckpt_path is not None:
-                    self._flush_sink()
-                    self.save(ckpt_path, optimizer_name)
-                raise interrupt.Interrupted(f"{interrupt.signal_name()}: stopped at step {step} of {cfg.steps}")
-        train_time = time.perf_counter() - t0
+            if interrupt.requested():  # Ctrl-C / SIGTERM: keep this step, then stop
+                self.checkpoint_now()
+                raise interrupt.Interrupted(
+                    f"{interrupt.signal_name()}: stopped at step {self.step} of {self.cfg.steps}"
+                )
+        return self.end()
+
+    def after_update(self, ret) -> bool:
+        """Bookkeeping of the update just taken (``ret``: what ``step`` returned): window, hook, log, eval,
+        sink, checkpoint. True when the run stops here (its last step, or diverged)."""
+        cfg, rec = self.cfg, self.recorded
+        if self.bps == 1 and rec[0] is not None:
+            loss = rec[0]
+        elif all(r is not None for r in rec):
+            loss = torch.stack(rec).mean()
+        else:  # the optimizer skipped a closure(k): fall back on the loss it returned
+            loss = torch.as_tensor(ret).detach().reshape(())
+        if self.loss0 is None:
+            self.loss0 = loss
+        self.win_loss.append(loss)
+        self.step += 1
+        step = self.step
+        metrics: dict[str, float] = {}
+        if self.on_step is not None:
+            with torch.random.fork_rng(devices=_rng_devices(self.device)):
+                extra = self.on_step(step, self.model, self.opt, self.lr)
+            if not self.model.training:
+                self.model.train()
+            if extra:
+                metrics.update(extra)
+        last = step == cfg.steps
+        if step % cfg.log_every == 0 or last:
+            logged, reason = self._flush(self.lr)
+            metrics.update(logged)
+            if reason is not None:
+                self.status, self.reason = "diverged", reason
+        if cfg.eval_every and step % cfg.eval_every == 0 and not (last and cfg.final_eval):
+            metrics.update(self._evaluate("test"))
+        if metrics and self.sink is not None:
+            self.sink(metrics, step)
+        if self.status == "diverged":
+            return True
+        if self.ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+            self.checkpoint_now()
+        return last
+
+    def checkpoint_now(self) -> None:
+        """Flush the sink, then write the checkpoint (if the run has a path)."""
+        if self.ckpt_path is not None:
+            self._flush_sink()
+            self.save(self.ckpt_path, self.optimizer_name)
+
+    def end(self) -> dict[str, Any]:
+        """After the last update: final checkpoint and evaluation; the fields of the TrainResult."""
+        cfg, opt = self.cfg, self.opt
+        train_time = time.perf_counter() - self.t0
         opt.zero_grad(set_to_none=True)  # leave no .grad behind
         if self.spec.train_eval:
             opt.eval()  # schedule-free: the model now holds the evaluation weights, kept on return
         self.train_mode = False
-        if status == "finished" and ckpt_path is not None:
-            self._flush_sink()
-            self.save(ckpt_path, optimizer_name)
+        if self.status == "finished":
+            self.checkpoint_now()
         final: dict[str, float] = {}
         if cfg.final_eval:
             full = self._evaluate("train")
@@ -352,10 +386,10 @@ class _Run:
             final.update(self._evaluate("test"))
             if self.sink is not None:
                 self.sink({**full, **{k: v for k, v in final.items() if k.startswith("test/")}}, self.step)
-        samples = (self.step - start_step) * bps * cfg.batch_size
+        samples = (self.step - self.start_step) * self.bps * cfg.batch_size
         return {
-            "status": status,
-            "reason": reason,
+            "status": self.status,
+            "reason": self.reason,
             "steps_done": self.step,
             "metrics": final,
             "samples_per_s": samples / train_time if train_time > 0 else 0.0,
@@ -433,7 +467,7 @@ class _Run:
                 "config": self.cfg.to_dict(),
                 "sampler": self.sampler.state_dict(),
                 "samplers_extra": [smp.state_dict() for smp in self.samplers[1:]],
-                "cpu_rng": torch.get_rng_state(),
+                "cpu_rng": torch.get_rng_state() if self.cpu_rng_state is None else self.cpu_rng_state,
                 "cuda_rng": cuda_rng,
                 "loss0": None if self.loss0 is None else self.loss0.detach().cpu(),
                 "win_loss": [t.cpu() for t in self.win_loss],

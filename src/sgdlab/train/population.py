@@ -1,0 +1,291 @@
+"""Population training: N runs of one architecture, one vectorised forward/backward per update.
+
+The studies this platform runs are dominated by many small runs (seeds x learning rates of MLPs, diagonal
+linear nets, small CNNs). One at a time they leave a CPU or GPU idle on kernel launches and Python overhead.
+``train_population`` trains them together and is otherwise the single-run loop:
+
+- Each member is an ordinary :func:`~sgdlab.train.train` run: its own model (its own initialisation), data,
+  :class:`~sgdlab.train.LoopConfig` (they differ only in ``seed``), optimizer instance built by the registry
+  with its own hyper-parameters and state, batch stream, metric sink, ``on_step`` hook and checkpoint.
+  The bookkeeping (windows, divergence checks, evaluation, checkpoints, resume) is the single-run loop's
+  own ``_Run``, so a member's metrics, checkpoint file and result are those of its single run.
+- Per update, the members' parameters are stacked (``torch.stack``: the stacked tensor is a function of
+  each member's own leaf parameters, so ``backward`` puts every member's gradient on its own ``.grad``)
+  and one ``torch.func.vmap`` of ``torch.func.functional_call`` computes all members' outputs and losses.
+  Each member's optimizer then steps with a closure that returns the loss already computed. That is
+  exactly the single-run step for families whose ``step(closure)`` calls ``closure(k)`` once for each of
+  its ``k < batches_per_step`` minibatches, all at the current parameters (``POPULATION_FAMILIES``; each
+  is checked in ``tests/test_population.py``). Families that re-evaluate the gradient at moved weights
+  (SAM, GAM), need second-order graphs (AdaHessian) or keep worker copies (Local SGD) are trained one at
+  a time (:func:`population_blocker` says why).
+- A member that diverges is stopped at the log point that detects it, as alone; a member whose hook or
+  optimizer raises is stopped with that error; the others go on.
+
+Why not a vectorised optimizer: the update maths stays the registry's (torch.optim, pytorch-optimizer,
+this project's own families), so there is one implementation of each family to trust. Only the
+forward/backward, which dominates small-model steps, is batched. In float64 a member's parameters match
+its single run to ~1e-15 per step; in float32 the batched kernels round differently (tested tolerance in
+the test module).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from sgdlab import interrupt
+
+from .config import DataTensors, LoopConfig, TrainResult
+from .evaluate import loss_fn
+from .loop import MetricSink, StepHook, _derive_seed, _prepare, _rng_devices
+from .progress import make_progress
+
+# step(closure) calls closure(k) once for each k < batches_per_step, in order, at the current parameters
+POPULATION_FAMILIES = frozenset(
+    {
+        "sgd", "momentum", "nesterov", "adam", "adamw", "nadam", "radam", "rmsprop", "rmsprop_bc", "adagrad",
+        "adafactor", "muon", "adabelief", "adabound", "adan", "apollo", "apollo_mini", "lamb", "lars", "lion",
+        "label_noise_sgd", "normalized_gd", "psgd_kron", "sgd_sai", "shampoo", "sps", "svag", "svag_adam",
+        "schedule_free_sgd", "schedule_free_adamw",
+    }
+)  # fmt: skip
+
+
+# families that keep the contract above but are trained alone anyway, and why
+TRAINED_ALONE = {
+    "soap": "SOAP's eigendecompositions of rank-deficient gradient statistics turn rounding-level differences "
+    "in the batched gradient into different bases (0.02 apart after 50 float64 steps)",
+    "local_sgd": "Local SGD keeps per-worker copies of the model inside its step",
+}
+
+
+def population_blocker(model: nn.Module, optimizer_name: str, cfg: LoopConfig) -> str | None:
+    """Why this run cannot be a population member (it then trains alone), or None if it can."""
+    if optimizer_name in TRAINED_ALONE:
+        return TRAINED_ALONE[optimizer_name]
+    if optimizer_name not in POPULATION_FAMILIES:
+        return f"optimizer {optimizer_name!r} does not step from one gradient per minibatch at the current weights"
+    if cfg.micro_batches > 1:
+        return "physical_batch_size splits each batch into micro-batches"
+    if cfg.compile:
+        return "LoopConfig.compile compiles one model"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            return f"module {name or type(m).__name__!r} (BatchNorm) updates running statistics in place"
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return f"module {name!r} (dropout) draws from the global RNG"
+    return None
+
+
+@dataclass
+class Member:
+    """One run of a population: the arguments of :func:`~sgdlab.train.train` for it."""
+
+    model: nn.Module
+    optimizer_name: str
+    hparams: dict | None
+    data: DataTensors
+    cfg: LoopConfig
+    checkpoint_path: str | Path | None = None
+    metric_sink: MetricSink | None = None
+    on_step: StepHook | None = None
+
+
+def check_population(members: Sequence[Member]) -> None:
+    """Raise ValueError naming the member and the field when the members cannot share updates."""
+    if not members:
+        raise ValueError("a population needs at least one member")
+    first = members[0]
+    base = {**first.cfg.to_dict(), "seed": None}
+    shapes = [(n, tuple(p.shape), p.dtype) for n, p in first.model.named_parameters()]
+    buffers = [(n, tuple(b.shape), b.dtype) for n, b in first.model.named_buffers()]
+    for i, m in enumerate(members):
+        where = f"population member {i}"
+        blocker = population_blocker(m.model, m.optimizer_name, m.cfg)
+        if blocker:
+            raise ValueError(f"{where}: {blocker}; train it alone")
+        if m.optimizer_name != first.optimizer_name:
+            raise ValueError(
+                f"{where}: optimizer {m.optimizer_name!r} differs from member 0's {first.optimizer_name!r}"
+            )
+        other = {**m.cfg.to_dict(), "seed": None}
+        for key in base:
+            if other[key] != base[key]:
+                raise ValueError(f"{where}: LoopConfig.{key}={other[key]!r} differs from member 0's {base[key]!r}")
+        if type(m.model) is not type(first.model):
+            raise ValueError(f"{where}: model {type(m.model).__name__} differs from member 0's")
+        if [(n, tuple(p.shape), p.dtype) for n, p in m.model.named_parameters()] != shapes or [
+            (n, tuple(b.shape), b.dtype) for n, b in m.model.named_buffers()
+        ] != buffers:
+            raise ValueError(f"{where}: model parameters or buffers differ in names, shapes or dtypes from member 0's")
+        if m.data.x_train.shape[1:] != first.data.x_train.shape[1:]:
+            raise ValueError(f"{where}: input shape {tuple(m.data.x_train.shape[1:])} differs from member 0's")
+        if m.model is first.model and i:
+            raise ValueError(f"{where}: the same model object as member 0")
+
+
+def train_population(
+    members: Sequence[Member], *, resume: bool = True, progress=None
+) -> list[TrainResult | BaseException]:
+    """Train every member as :func:`~sgdlab.train.train` would, with shared vectorised updates.
+
+    Returns, per member, its :class:`TrainResult` or the exception that stopped it (bad input raises
+    before any member changes). ``wall_time_s`` and ``samples_per_s`` are the population's: the members
+    share the wall clock. After a stop request (:mod:`sgdlab.interrupt`) every member still training
+    writes its checkpoint, then :class:`~sgdlab.interrupt.Interrupted` is raised.
+    ``progress``: as for ``train``, called at log points with the population's step and
+    ``{"members": number still training}``.
+    """
+    t_call = time.perf_counter()
+    check_population(members)
+    runs = []
+    for i, m in enumerate(members):
+        try:
+            runs.append(
+                _prepare(
+                    m.model, m.optimizer_name, m.hparams, m.data, m.cfg, m.checkpoint_path, resume,
+                    m.metric_sink, m.on_step, None,
+                )
+            )  # fmt: skip
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"population member {i}: {exc}") from None
+    device = runs[0].device
+    if any(r.device != device for r in runs):
+        raise ValueError("population members must train on one device")
+    cfg0 = members[0].cfg
+    show = make_progress(progress, cfg0.steps)
+    results: list[TrainResult | BaseException | None] = [None] * len(runs)
+    rng_devices = _rng_devices(device)
+    with torch.random.fork_rng(devices=rng_devices):  # the caller's global RNG is restored after
+        try:
+            for r, m in zip(runs, members):
+                # what a single run's global RNG holds at its checkpoints: nothing in a member's step draws
+                # from it (population_blocker), so its seeded (or restored) state
+                torch.default_generator.manual_seed(_derive_seed(m.cfg.seed, 1))
+                if r.ckpt is not None:
+                    r.restore(r.ckpt)
+                r.cpu_rng_state = torch.get_rng_state()
+                r.begin()
+            _Population(runs, results, show).loop()
+        finally:
+            for r in runs:
+                r.close()
+                if not r.spec.train_eval:
+                    r.model.train(r.was_training)
+            if show is not None and hasattr(show, "close"):
+                show.close()
+    wall = time.perf_counter() - t_call
+    out: list[TrainResult | BaseException] = []
+    for r, res in zip(runs, results):
+        if isinstance(res, dict):
+            res = TrainResult(**res, wall_time_s=wall, quarantined=r.quarantined)
+        out.append(res)
+    return out
+
+
+class _Population:
+    """The shared update of the members still training; each member's bookkeeping is its own ``_Run``."""
+
+    def __init__(self, runs, results, show) -> None:
+        self.runs, self.results, self.show = runs, results, show
+        template = runs[0].model
+        self.template = template
+        self.param_names = [n for n, _ in template.named_parameters()]
+        self.buffer_names = [n for n, _ in template.named_buffers()]
+        self.bps = runs[0].bps
+        self.task = runs[0].cfg.task
+        self.amp = runs[0].amp
+        task = self.task
+
+        def member_loss(params, buffers, x, y):
+            out = functional_call(template, (params, buffers), (x,))
+            return out, loss_fn(task, out, y)
+
+        self.batched = vmap(member_loss)
+        # the members' tensors, listed once (their identities never change; named_parameters per step costs)
+        self.params = {id(r): [q for _, q in r.model.named_parameters()] for r in runs}
+        self.buffers = {id(r): [q for _, q in r.model.named_buffers()] for r in runs}
+
+    def _forward_backward(self, live) -> list[list[list[torch.Tensor | None]]] | None:
+        """Gradients of every live member on each of its minibatches; recorded losses and logits as alone.
+        With one minibatch per step the gradients stay on ``.grad``; with more they are returned per k."""
+        params = [self.params[id(r)] for r in live]
+        buffers = [self.buffers[id(r)] for r in live]
+        stashed = [] if self.bps > 1 else None
+        classify = self.task == "classification"
+        for k in range(self.bps):
+            p = {n: torch.stack([ps[j] for ps in params]) for j, n in enumerate(self.param_names)}
+            b = {n: torch.stack([bs[j] for bs in buffers]) for j, n in enumerate(self.buffer_names)}
+            x = torch.stack([r.batches[k][0] for r in live])
+            y = torch.stack([r.batches[k][1] for r in live])
+            for ps in params:  # what opt.zero_grad(set_to_none=True) does, without its profiler overhead
+                for q in ps:
+                    q.grad = None
+            if self.amp is not None:
+                with self.amp:
+                    out, loss = self.batched(p, b, x, y)
+            else:
+                out, loss = self.batched(p, b, x, y)
+            loss.sum().backward()  # members are independent: d(sum)/d(member i's weights) = its own gradient
+            out, loss = out.detach(), loss.detach()
+            for i, r in enumerate(live):
+                r.recorded[k] = loss[i]
+                if classify:
+                    r.win_logits.append(out[i])
+                    r.win_labels.append(r.batches[k][2])
+            if stashed is not None:
+                stashed.append([[q.grad for q in ps] for ps in params])
+                for ps in params:
+                    for q in ps:
+                        q.grad = None
+        return stashed
+
+    def loop(self) -> None:
+        runs, results = self.runs, self.results
+        active = [i for i, r in enumerate(runs) if r.step < r.cfg.steps]
+        for i, r in enumerate(runs):
+            if i not in active:
+                results[i] = r.end()  # resumed from its final checkpoint: only the final evaluation
+        steps = runs[0].cfg.steps
+        while active:
+            live = [runs[i] for i in active]
+            for r in live:
+                r.draw()
+            stashed = self._forward_backward(live)
+            stopped = []
+            for j, (i, r) in enumerate(zip(active, live)):
+                try:
+                    ret = r.opt.step(self._closure(r, j, stashed))
+                    if r.after_update(ret):
+                        results[i] = r.end()
+                        stopped.append(i)
+                except Exception as exc:  # this member stops with its error; the others go on
+                    results[i] = exc
+                    stopped.append(i)
+            active = [i for i in active if i not in stopped]
+            step = live[0].step
+            if self.show is not None and (step % runs[0].cfg.log_every == 0 or step == steps):
+                self.show(step, steps, {"members": float(len(active))})
+            if active and interrupt.requested():  # Ctrl-C / SIGTERM: every member keeps this step, then stop
+                for i in active:
+                    runs[i].checkpoint_now()
+                raise interrupt.Interrupted(
+                    f"{interrupt.signal_name()}: stopped at step {step} of {steps} ({len(active)} population members)"
+                )
+
+    def _closure(self, r, j: int, stashed):
+        params = self.params[id(r)]
+
+        def closure(k: int = 0) -> torch.Tensor:
+            if stashed is not None:
+                for q, g in zip(params, stashed[k][j]):
+                    q.grad = g
+            return r.recorded[k]
+
+        return closure

@@ -1,0 +1,243 @@
+"""Population training equals one-at-a-time training, member by member (float64: to 1e-10 after 50 steps)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sgdlab import interrupt
+from sgdlab.models import build_model
+from sgdlab.optim import build_optimizer, get_spec, list_specs, resolve_hparams
+from sgdlab.train import DataTensors, LoopConfig, load_checkpoint, train
+from sgdlab.train.population import (
+    POPULATION_FAMILIES,
+    TRAINED_ALONE,
+    Member,
+    check_population,
+    population_blocker,
+    train_population,
+)
+
+SEEDS_LRS = [(0, 0.02), (1, 0.05), (2, 0.01), (3, 0.03), (4, 0.02), (5, 0.04), (6, 0.015), (7, 0.025)]
+# per family, hparams besides lr (adaptive families get smaller steps)
+EXTRA = {"label_noise_sgd": {"num_classes": 3, "p": 0.2}}
+LR_SCALE = {"adam": 0.1, "adamw": 0.1, "nadam": 0.1, "radam": 0.1, "rmsprop": 0.05, "rmsprop_bc": 0.05,
+            "adagrad": 1.0, "adabelief": 0.1, "adabound": 0.1, "adan": 0.1, "lamb": 0.1, "lion": 0.02,
+            "soap": 0.1, "shampoo": 0.1, "psgd_kron": 0.1, "schedule_free_adamw": 0.1, "apollo": 0.1,
+            "apollo_mini": 0.1, "svag_adam": 0.1, "adafactor": 0.1}  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _data(dtype=torch.float64, n=120, classes=3):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n + 40, 5, generator=g, dtype=dtype)
+    y = (x[:, :classes].argmax(1)).long()
+    return DataTensors(x[:n], y[:n], x[n:], y[n:])
+
+
+def _model(seed, dtype=torch.float64, **kw):
+    return build_model("mlp", (5,), 3, widths=(12,), seed=seed, dtype=dtype, **kw)
+
+
+def _cfg(seed, steps=50, **kw):
+    base = dict(steps=steps, batch_size=16, log_every=10, eval_every=25, seed=seed, device="cpu")
+    return LoopConfig(**{**base, **kw})
+
+
+def _hp(opt, lr):
+    return {"lr": lr * LR_SCALE.get(opt, 1.0), **EXTRA.get(opt, {})}
+
+
+class Sink:
+    def __init__(self):
+        self.points: list[tuple[int, dict]] = []
+
+    def __call__(self, metrics, step):
+        self.points.append((step, dict(metrics)))
+
+
+def _alone(opt, seed, lr, data, dtype=torch.float64, **kw):
+    m, sink = _model(seed, dtype), Sink()
+    res = train(m, opt, _hp(opt, lr), data, _cfg(seed, **kw), metric_sink=sink)
+    return m, res, sink
+
+
+def _members(opt, data, dtype=torch.float64, pairs=SEEDS_LRS, **kw):
+    return [Member(_model(s, dtype), opt, _hp(opt, lr), data, _cfg(s, **kw), metric_sink=Sink()) for s, lr in pairs]
+
+
+def _max_diff(a: nn.Module, b: nn.Module) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _same_points(a: Sink, b: Sink, tol: float) -> None:
+    assert [s for s, _ in a.points] == [s for s, _ in b.points]
+    for (_, ma), (_, mb) in zip(a.points, b.points):
+        assert ma.keys() == mb.keys()
+        for k in ma:
+            assert ma[k] == pytest.approx(mb[k], rel=tol, abs=tol), k
+
+
+@pytest.mark.parametrize("opt", sorted(POPULATION_FAMILIES))
+def test_each_member_matches_its_single_run_in_float64(opt):
+    data = _data()
+    members = _members(opt, data)
+    results = train_population(members)
+    for (seed, lr), m, res in zip(SEEDS_LRS, members, results):
+        assert not isinstance(res, BaseException), res
+        alone, res1, sink1 = _alone(opt, seed, lr, data)
+        assert res.status == res1.status and res.steps_done == res1.steps_done == 50
+        assert _max_diff(m.model, alone) < 1e-10, (opt, seed)
+        _same_points(m.metric_sink, sink1, 1e-9)
+        for k, v in res1.metrics.items():
+            assert res.metrics[k] == pytest.approx(v, rel=1e-9, abs=1e-12)
+
+
+def test_float32_members_match_within_the_documented_tolerance():
+    """Batched kernels round differently: after 50 steps of adam a member is within 1e-4 of its run alone."""
+    data = _data(torch.float32)
+    members = _members("adam", data, torch.float32)
+    train_population(members)
+    for (seed, lr), m in zip(SEEDS_LRS, members):
+        alone, _, _ = _alone("adam", seed, lr, data, torch.float32)
+        assert _max_diff(m.model, alone) < 1e-4
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam", "label_noise_sgd", "svag"])
+def test_a_population_interrupted_and_resumed_ends_as_one_never_stopped(tmp_path, opt):
+    data = _data()
+    pairs = SEEDS_LRS[:4]
+
+    def members(tag):
+        out = _members(opt, data, pairs=pairs, checkpoint_every=10)
+        for i, m in enumerate(out):
+            m.checkpoint_path = tmp_path / tag / f"m{i}.pt"
+        return out
+
+    straight = members("straight")
+    train_population(straight)
+    resumed = members("resumed")
+    stop_at = {"step": 23}
+
+    def stopper(step, model, optimizer, lr):
+        if step == stop_at["step"]:
+            interrupt.request("test")
+        return None
+
+    resumed[2].on_step = stopper
+    try:
+        with pytest.raises(interrupt.Interrupted, match="stopped at step 23 of 50"):
+            train_population(resumed)
+    finally:
+        interrupt.clear()
+    assert all(load_checkpoint(m.checkpoint_path)["step"] == 23 for m in resumed)
+    again = members("resumed")
+    for m, first in zip(again, resumed):
+        m.metric_sink = first.metric_sink  # one store per run across the interruption
+    results = train_population(again)
+    assert all(r.resumed_from == 23 and r.steps_done == 50 for r in results)
+    for a, b in zip(again, straight):
+        assert _max_diff(a.model, b.model) == 0.0
+    # a member's checkpoint is a single-run checkpoint: a single run resumes it and ends the same
+    seed, lr = pairs[1]
+    alone = _model(seed)
+    train(
+        alone, opt, _hp(opt, lr), data, _cfg(seed, checkpoint_every=10), checkpoint_path=tmp_path / "resumed" / "m1.pt"
+    )
+    assert _max_diff(alone, straight[1].model) < 1e-10
+
+
+def test_a_diverging_member_stops_and_the_others_are_undisturbed():
+    data = _data()
+    pairs = [(0, 0.05), (1, 500.0), (2, 0.02)]
+    members = _members("sgd", data, pairs=pairs, blowup_factor=10.0)
+    results = train_population(members)
+    assert results[1].status == "diverged" and results[1].steps_done < 50
+    for i in (0, 2):
+        seed, lr = pairs[i]
+        alone, res1, _ = _alone("sgd", seed, lr, data)
+        assert results[i].status == "finished" and _max_diff(members[i].model, alone) < 1e-10
+
+
+def test_a_member_whose_hook_fails_stops_with_its_error_alone():
+    data = _data()
+    members = _members("momentum", data, pairs=SEEDS_LRS[:3])
+
+    def broken(step, model, optimizer, lr):
+        if step == 7:
+            raise RuntimeError("probe failed")
+
+    members[0].on_step = broken
+    results = train_population(members)
+    assert isinstance(results[0], RuntimeError) and str(results[0]) == "probe failed"
+    for (seed, lr), m, r in zip(SEEDS_LRS[1:3], members[1:], results[1:]):
+        alone, _, _ = _alone("momentum", seed, lr, data)
+        assert r.status == "finished" and _max_diff(m.model, alone) < 1e-10
+
+
+def _closure_calls(name: str) -> list[tuple[int, bool]]:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    hp = resolve_hparams(name, {"lr": 0.01, **EXTRA.get(name, {})})
+    opt = build_optimizer(name, m.named_parameters(), hp)
+    if get_spec(name).train_eval:
+        opt.train()
+    w0 = [p.detach().clone() for p in m.parameters()]
+    calls = []
+
+    def closure(k=0):
+        calls.append((k, all(torch.equal(a, p) for a, p in zip(w0, m.parameters()))))
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward(create_graph=get_spec(name).create_graph)
+        return loss.detach()
+
+    opt.step(closure)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(s.name for s in list_specs()))
+def test_population_families_step_from_one_gradient_per_minibatch_at_the_current_weights(name):
+    """The contract the population relies on, for every family it lists; the others break it (or need
+    second-order graphs) and are trained alone."""
+    calls = _closure_calls(name)
+    spec = get_spec(name)
+    bps = spec.batches_per_step if isinstance(spec.batches_per_step, int) else 2
+    exact = calls == [(k, True) for k in range(bps)] and not spec.create_graph
+    if name in POPULATION_FAMILIES:
+        assert exact, calls
+    else:
+        assert name in TRAINED_ALONE or not exact, f"{name} could join populations: {calls}"
+
+
+def test_blockers_and_mismatches_are_named_before_any_compute():
+    data = _data()
+    assert "re-evaluates" not in (population_blocker(_model(0), "sgd", _cfg(0)) or "")
+    assert "does not step from one gradient" in population_blocker(_model(0), "sam", _cfg(0))
+    bn = build_model("mlp", (5,), 3, widths=(12,), seed=0, dtype=torch.float64, norm="batch")
+    assert "BatchNorm" in population_blocker(bn, "sgd", _cfg(0))
+    assert "micro-batches" in population_blocker(_model(0), "sgd", _cfg(0, physical_batch_size=8))
+    a, b = _members("sgd", data, pairs=SEEDS_LRS[:2])
+    before = [p.clone() for p in a.model.parameters()]
+    b.cfg = _cfg(1, steps=40)
+    with pytest.raises(ValueError, match=r"population member 1: LoopConfig.steps=40 differs from member 0's 50"):
+        train_population([a, b])
+    b.cfg, b.optimizer_name = _cfg(1), "adam"
+    with pytest.raises(ValueError, match="population member 1: optimizer 'adam' differs"):
+        check_population([a, b])
+    b.optimizer_name, b.hparams = "sgd", {"lr": -1.0}
+    with pytest.raises(ValueError, match="population member 1: .*lr"):
+        train_population([a, b])
+    b.hparams, b.model = {"lr": 0.1}, build_model("mlp", (5,), 3, widths=(7,), seed=1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="population member 1: model parameters or buffers differ"):
+        train_population([a, b])
+    assert all(torch.equal(p, q) for p, q in zip(before, a.model.parameters()))
