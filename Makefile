@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian serve study-gan recipes
+.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian bench-population serve study-gan recipes
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ lint: setup ## ruff check and ruff format --check
 	$(PY) -m ruff check src tasks flows tests bench
 	$(PY) -m ruff format --check src tasks flows tests bench
 
-bench: bench-data bench-train bench-hessian ## all benchmarks (figures as ratios to a baseline measured in the same run)
+bench: bench-data bench-train bench-hessian bench-population ## all benchmarks (figures as ratios to a baseline measured in the same run)
 
 bench-data: setup ## data path: IDX->Parquet, Parquet->tensors, cold CLI start, first-flow overhead
 	$(PY) bench/bench_data.py --out bench/results/data.json
@@ -34,6 +34,9 @@ bench-train: setup ## training loop vs a plain PyTorch loop (samples/s ratio), M
 bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHessian (pip install pyhessian)
 	$(PY) -m pip install -q --no-deps pyhessian==0.1 2>/dev/null || true
 	$(PY) bench/bench_hessian.py --repeats 7 --threads 1 --trace-probes 30 --out bench/results/hessian.json
+
+bench-population: setup ## 16 runs as one population vs one at a time (MLP 784-256-10 and diagonal linear nets; ratio in one run)
+	$(PY) bench/bench_population.py --members 16 --steps 200 --repeats 3 --out bench/results/population.json
 
 serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
 	sgdlab serve

@@ -241,3 +241,29 @@ def test_blockers_and_mismatches_are_named_before_any_compute():
     with pytest.raises(ValueError, match="population member 1: model parameters or buffers differ"):
         train_population([a, b])
     assert all(torch.equal(p, q) for p, q in zip(before, a.model.parameters()))
+
+
+def test_hooks_see_each_member_exactly_as_its_single_run_does():
+    """The in-training probes (on_step) of a member see its own model and optimizer at every step."""
+    data = _data()
+
+    def recorder(log):
+        def hook(step, model, optimizer, lr):
+            log.append((step, lr, sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())))
+            return {"probe/norm": log[-1][2]} if step % 10 == 0 else None
+
+        return hook
+
+    pairs = SEEDS_LRS[:3]
+    members = _members("adam", data, pairs=pairs, schedule={"kind": "cosine"})
+    logs = [[] for _ in members]
+    for m, log in zip(members, logs):
+        m.on_step = recorder(log)
+    train_population(members)
+    for (seed, lr), m, log in zip(pairs, members, logs):
+        alone_log, sink = [], Sink()
+        train(_model(seed), "adam", _hp("adam", lr), data, _cfg(seed, schedule={"kind": "cosine"}),
+              metric_sink=sink, on_step=recorder(alone_log))  # fmt: skip
+        assert [(s, lr_) for s, lr_, _ in log] == [(s, lr_) for s, lr_, _ in alone_log]
+        assert [n for *_, n in log] == pytest.approx([n for *_, n in alone_log], rel=1e-12)
+        _same_points(m.metric_sink, sink, 1e-9)
