@@ -210,7 +210,9 @@ def build_model(
     if seed is None:
         model = entry.builder(shape, num_outputs, **kwargs)
     else:
-        with torch.random.fork_rng(devices=[]):
+        from sgdlab import rng
+
+        with rng.LOCK, torch.random.fork_rng(devices=[]):  # no other thread reseeds it meanwhile (sgdlab.rng)
             torch.manual_seed(seed)
             model = entry.builder(shape, num_outputs, **kwargs)
     return model.to(device=device, dtype=dtype)

@@ -27,9 +27,7 @@ def plan(study: Study) -> Plan:
         else:
             label = f"population of {len(g)}: {g[0].label.split(' lr=')[0]} ({', '.join(s.label for s in g)})"
             units.append(Unit(label[:300], {"specs": [s.to_dict() for s in g]}))
-    n_pop = sum(len(g) for g in groups if len(g) > 1)
-    if n_pop:
-        print(f"sweep: {n_pop} of {len(specs)} runs train in {sum(len(g) > 1 for g in groups)} populations", flush=True)
+    n_pop = sum(len(g) for g in groups if len(g) > 1)  # the progress lines name each population
     return Plan(
         units,
         params={**params, "n_runs": len(specs), "n_population_runs": n_pop},
@@ -132,6 +130,7 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
             "sweep/trained": sum(not r.get("cached", True) for r in rows),
             "sweep/diverged": sum(r["status"] == "diverged" for r in rows),
             "sweep/failed": len(failed),
+            "sweep/population_runs": sum(r.get("population", 1) > 1 for r in rows),
         },
     )
     artifacts = [

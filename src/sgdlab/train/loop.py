@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgdlab import interrupt
+from sgdlab import interrupt, rng
 from sgdlab.integrity import CorruptFileError, quarantine
 from sgdlab.optim import build_optimizer
 
@@ -84,13 +84,11 @@ def train(
     t_call = time.perf_counter()
     run = _prepare(model, optimizer_name, hparams, data, cfg, checkpoint_path, resume, metric_sink, on_step, progress)
     rng_devices = _rng_devices(run.device)
-    with torch.random.fork_rng(devices=rng_devices):  # the caller's global RNG is restored after
-        torch.default_generator.manual_seed(_derive_seed(cfg.seed, 1))
-        for i in rng_devices:
-            torch.cuda.default_generators[i].manual_seed(_derive_seed(cfg.seed, 1))
+    with rng.forked(rng_devices, _derive_seed(cfg.seed, 1)):  # the caller's global RNG is restored after
         try:
             if run.ckpt is not None:
-                run.restore(run.ckpt)
+                with rng.LOCK:
+                    run.restore(run.ckpt)
             run.begin()
             result = run.loop()
         finally:
@@ -341,7 +339,7 @@ class _Run:
         step = self.step
         metrics: dict[str, float] = {}
         if self.on_step is not None:
-            with torch.random.fork_rng(devices=_rng_devices(self.device)):
+            with rng.forked(_rng_devices(self.device)):
                 extra = self.on_step(step, self.model, self.opt, self.lr)
             if not self.model.training:
                 self.model.train()

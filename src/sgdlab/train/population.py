@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from sgdlab import interrupt
+from sgdlab import interrupt, rng
 
 from .config import DataTensors, LoopConfig, TrainResult
 from .evaluate import loss_fn
@@ -162,15 +162,16 @@ def train_population(
     show = make_progress(progress, cfg0.steps)
     results: list[TrainResult | BaseException | None] = [None] * len(runs)
     rng_devices = _rng_devices(device)
-    with torch.random.fork_rng(devices=rng_devices):  # the caller's global RNG is restored after
+    with rng.forked(rng_devices):  # the caller's global RNG is restored after
         try:
             for r, m in zip(runs, members):
                 # what a single run's global RNG holds at its checkpoints: nothing in a member's step draws
                 # from it (population_blocker), so its seeded (or restored) state
-                torch.default_generator.manual_seed(_derive_seed(m.cfg.seed, 1))
-                if r.ckpt is not None:
-                    r.restore(r.ckpt)
-                r.cpu_rng_state = torch.get_rng_state()
+                with rng.LOCK:
+                    torch.default_generator.manual_seed(_derive_seed(m.cfg.seed, 1))
+                    if r.ckpt is not None:
+                        r.restore(r.ckpt)
+                    r.cpu_rng_state = torch.get_rng_state()
                 r.begin()
             _Population(runs, results, show).loop()
         finally:
