@@ -36,7 +36,7 @@ def _clone(dst: Path) -> None:
             shutil.copy2(src, dst / f)
 
 
-def test_dvc_repro_prepare_runs_then_is_a_noop_and_push_pull_round_trip(tmp_path, mlflow_store):
+def test_dvc_repro_prepare_runs_then_is_a_noop_and_push_pull_round_trip(tmp_path, mlflow_store, prefect_api):
     clone = tmp_path / "clone"
     clone.mkdir()
     _clone(clone)
@@ -47,6 +47,7 @@ def test_dvc_repro_prepare_runs_then_is_a_noop_and_push_pull_round_trip(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SGDLAB_"))}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     env["MLFLOW_TRACKING_URI"] = mlflow_store
+    env["PREFECT_API_URL"] = prefect_api  # the session's server (the make-run case below keeps the ephemeral API)
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "t"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "t@example.com"
     _run(["git", "init", "-q", "-b", "main"], clone, env)

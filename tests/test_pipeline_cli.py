@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from procs import spawn
+
+pytestmark = pytest.mark.usefixtures("prefect_api")  # CLI processes on the session's Prefect server
 
 REPO = Path(__file__).resolve().parents[1]
 SGDLAB = [sys.executable, "-m", "sgdlab.cli"]

@@ -1,4 +1,5 @@
-"""Scheduled runs against a real Prefect server on a free loopback port (not the ephemeral API)."""
+"""Scheduled runs against the session's real Prefect server (``prefect_api``: a loopback port, its scheduler
+looping every 2 s), not the ephemeral API."""
 
 import shutil
 import time
@@ -11,11 +12,14 @@ from sgdlab import tracking
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path, mlflow_store, monkeypatch):
+def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(
+    tmp_path, mlflow_store, monkeypatch, prefect_api
+):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.serve import free_port, start_serve_process, start_server, stop
+    from flows.serve import start_serve_process, stop
 
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
@@ -35,9 +39,10 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
     params["probe"].update({"every": 0, "subset_size": 20})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    server = worker = None
+    url = prefect_api
+    ours = DeploymentFilter(name=DeploymentFilterName(any_=["every-few-seconds"]))  # the server is shared
+    worker = None
     try:
-        server, url = start_server("127.0.0.1", free_port(), scheduler_loop_s=2, log_path=tmp_path / "server.log")
         worker = start_serve_process(
             url,
             "every-few-seconds",
@@ -57,8 +62,7 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
                 while time.monotonic() < deadline and completed is None:
                     time.sleep(3)
                     assert worker.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                    runs = client.read_flow_runs()
-                    scheduled = [r for r in runs if r.deployment_id is not None]
+                    scheduled = client.read_flow_runs(deployment_filter=ours)
                     done = [r for r in scheduled if r.state and r.state.is_completed()]
                     failed = [r for r in scheduled if r.state and r.state.is_failed()]  # none yet: see below
                     assert not failed, (tmp_path / "serve.log").read_text()[-3000:]
@@ -71,8 +75,8 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
                 # compute, naming the key, and write nothing at the path it asked for.
                 elsewhere = tmp_path / "elsewhere"
                 client.pause_deployment(deployment.id)  # no more scheduled runs competing for the serve loop
-                for r in client.read_flow_runs():
-                    if r.deployment_id == deployment.id and r.state and r.state.is_scheduled():
+                for r in client.read_flow_runs(deployment_filter=ours):
+                    if r.state and r.state.is_scheduled():
                         client.delete_flow_run(r.id)
                 rogue = client.create_flow_run_from_deployment(
                     deployment.id,
@@ -97,8 +101,8 @@ def test_interval_schedule_creates_a_run_that_completes_and_is_tracked(tmp_path,
         }
         assert any(r.data.tags.get("phase") == "sweep" and "run_key" in r.data.tags for r in runs)
     finally:
-        stop(worker, server)
-    assert server.poll() is not None and worker.poll() is not None  # both stopped cleanly
+        stop(worker)
+    assert worker.poll() is not None  # stopped cleanly
 
 
 def test_served_deployment_refuses_other_params_files_and_path_overrides():

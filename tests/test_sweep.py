@@ -262,7 +262,14 @@ def test_population_sweep_matches_one_at_a_time(prefect_harness, mlflow_store, t
         b = rows["off"][key]
         assert a["status"] == b["status"] and a["steps_done"] == b["steps_done"], key
         if a["status"] == "finished":
-            assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4, abs=1e-6), (a["optimizer"], a["lr"], a["seed"], a["population"], a["resumed_from"], b["resumed_from"])
+            assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4, abs=1e-6), (
+                a["optimizer"],
+                a["lr"],
+                a["seed"],
+                a["population"],
+                a["resumed_from"],
+                b["resumed_from"],
+            )
             assert a["test/acc"] == pytest.approx(b["test/acc"], abs=0.011), key
             assert (tmp_path / "models" / "pop-auto" / key / "checkpoint.pt").is_file()
     for mode in ("off", "auto"):
