@@ -20,7 +20,7 @@ from contextlib import contextmanager  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
-from flows.runners import make_task_runner  # noqa: E402
+from flows.runners import check_resources, make_task_runner, submitting  # noqa: E402
 from sgdlab import interrupt, tracking  # noqa: E402
 from sgdlab.config import Config  # noqa: E402
 from sgdlab.phases import PHASES, Outcome, get_phase  # noqa: E402
@@ -129,8 +129,10 @@ def phase_body(cfg: Config, name: str, options: dict | None = None) -> dict:
     phase = get_phase(name)
     study = phase.study(cfg)
     plan = phase.plan(study, **(options or {}))  # validates before any compute or MLflow run
+    check_resources(cfg)  # a GPU study on a cluster without GPU workers: refused before its MLflow run
     with parent_run(cfg, name, plan.data_hash, plan.params) as ctx:
-        futures = {unit_task.submit(name, u.label, cfg, u.payload, ctx): u for u in plan.units}
+        with submitting(cfg):  # e.g. GPU=1 per unit on a cluster of GPU workers
+            futures = {unit_task.submit(name, u.label, cfg, u.payload, ctx): u for u in plan.units}
         outcomes: dict[int, Outcome] = {}
         progress = _Progress(name, len(futures))
         order = {id(u): i for i, u in enumerate(plan.units)}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: .venv with CPU torch 2.13.0 first (an existing torch, e.g. a CUDA build, is kept),
 # then sgdlab with its dev extras and the pins that make Prefect 3.8.8 work (see shared STACK.md),
-# bytecode compiled, and the Fashion-MNIST Debian package when running as root. pip's "Location ... is
+# bytecode compiled, and the Fashion-MNIST, Chromium and PostgreSQL Debian packages when running as root. pip's "Location ... is
 # ignored" warnings about this machine's local package mirrors are filtered from stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,14 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
     echo "setup: installing Debian packages chromium chromium-driver (for the browser test)"
     (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1) \
         || echo "setup: could not install chromium; the browser test will be skipped"
+fi
+
+# PostgreSQL for `sgdlab tracking-server` and its tests (skipped without it). Best effort: never fatal.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian package postgresql (for sgdlab tracking-server)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1) \
+        || echo "setup: could not install postgresql; the tracking-server tests will be skipped"
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -392,6 +392,86 @@ def serve(
         stop(worker, server)
 
 
+@app.command("tracking-server")
+def tracking_server(
+    port: int = typer.Option(5000, help="port of the MLflow server"),
+    pg_port: int = typer.Option(0, help="port of PostgreSQL (0: a free one)"),
+    state_dir: Optional[Path] = typer.Option(None, "--dir", help="state directory (default: mlflow/server/)"),
+    workers: int = typer.Option(2, help="MLflow server worker processes"),
+) -> None:
+    """Start PostgreSQL (a private cluster in mlflow/server/pgdata, created on first use) and an MLflow server
+    on it with served artifacts, both on 127.0.0.1; then `export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`
+    makes every phase log there. Ctrl-C stops both."""
+    from sgdlab import interrupt
+    from sgdlab.trackserver import ServerError, TrackingServer, default_state_dir
+
+    interrupt.install(keyboard=True)
+    ts = TrackingServer(state_dir or default_state_dir(), port=port, pg_port=pg_port, workers=workers)
+    try:
+        ts.start()
+        typer.echo(f"PostgreSQL on 127.0.0.1:{ts.postgres.port} (data: {ts.postgres.pgdata})")
+        typer.echo(f"MLflow server on {ts.url} (artifacts: {ts.state_dir / 'artifacts'})")
+        typer.echo(f"export MLFLOW_TRACKING_URI={ts.url}   # then sgdlab run ...; Ctrl-C to stop")
+        ts.mlflow.proc.wait()
+        typer.echo(f"mlflow server exited with code {ts.mlflow.proc.returncode}; see {ts.mlflow.log_path}", err=True)
+        raise typer.Exit(1)
+    except ServerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
+    finally:
+        ts.stop()
+
+
+@app.command()
+def cluster(
+    workers: int = typer.Option(2, help="dask worker processes (one thread each)"),
+    port: int = typer.Option(8786, help="scheduler port"),
+    gpus: int = typer.Option(0, help="GPUs: one worker per GPU, each offering the resource GPU=1"),
+    prefect_port: int = typer.Option(4200, help="port of the Prefect server started when PREFECT_API_URL is unset"),
+) -> None:
+    """Start a Dask scheduler and worker processes on 127.0.0.1 for `orchestration.task_runner=dask` with
+    `orchestration.dask_address` (printed). The workers log to $MLFLOW_TRACKING_URI (start `sgdlab
+    tracking-server` first to share one store) and report to $PREFECT_API_URL; without it a Prefect server is
+    started here too. Ctrl-C stops everything this command started."""
+    from flows.serve import start_server, stop
+    from sgdlab import interrupt
+    from sgdlab.cluster import DaskCluster
+    from sgdlab.paths import project_root
+    from sgdlab.trackserver import ServerError
+
+    interrupt.install(keyboard=True)
+    prefect = None
+    env = {"SGDLAB_HOME": str(project_root())}
+    dc = None
+    try:
+        api = os.environ.get("PREFECT_API_URL")
+        if not api:
+            prefect, api = start_server("127.0.0.1", prefect_port)
+            typer.echo(f"Prefect server: {api}")
+        env["PREFECT_API_URL"] = api
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            typer.echo("note: MLFLOW_TRACKING_URI is unset: workers log to this project's sqlite store (one machine)")
+        dc = DaskCluster(n_workers=workers, port=port, gpus=gpus, env=env, log_dir=project_root() / ".dask")
+        address = dc.start()
+        typer.echo(f"Dask scheduler {address}, {workers} workers (logs: {dc.log_dir})")
+        typer.echo(f"export PREFECT_API_URL={api}")
+        typer.echo(f"sgdlab run --set orchestration.task_runner=dask --set orchestration.dask_address={address}")
+        dc.scheduler.wait()
+        raise typer.Exit(1)
+    except ServerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("stopping ...")
+    finally:
+        if dc is not None:
+            dc.stop()
+        stop(prefect)
+
+
 @app.command()
 def ui(
     host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),

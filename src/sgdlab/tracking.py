@@ -66,6 +66,11 @@ def client(root: Path | None = None):
         if c is None:
             if uri.startswith("sqlite:///"):
                 c = _first_use(uri, Path(uri.removeprefix("sqlite:///")))
+            elif uri.startswith(("http://", "https://")):
+                # MLflow's own HTTP retries (7, ~4 min of backoff) would hide how long we wait; ours are bounded
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+                c = RetryingClient(MlflowClient(tracking_uri=uri), uri)
             else:
                 c = MlflowClient(tracking_uri=uri)
             _clients[uri] = c
@@ -102,6 +107,83 @@ def _first_use(uri: str, db: Path):
 
 class StoreError(RuntimeError):
     """The MLflow store cannot be opened; the message names the file and what to do."""
+
+
+class TrackingUnavailable(StoreError):
+    """The tracking server did not answer within the retry window; the message names it and what was pending."""
+
+
+RETRY_ENV = "SGDLAB_TRACKING_RETRY_S"
+DEFAULT_RETRY_S = 300.0
+
+
+def retry_window() -> float:
+    """How long a call to a tracking server is retried while the server cannot be reached (seconds;
+    ``$SGDLAB_TRACKING_RETRY_S``, default 300)."""
+    raw = os.environ.get(RETRY_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_RETRY_S
+    except ValueError:
+        raise StoreError(f"{RETRY_ENV}={raw!r}: expected a number of seconds") from None
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the connection or of a restarting server, not of the request: worth retrying."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if not isinstance(exc, MlflowException):
+        return False
+    msg = str(exc)
+    return (
+        "failed with exception" in msg  # MLflow's wrapper of a requests/urllib3 connection error
+        or "TEMPORARILY_UNAVAILABLE" in msg
+        or any(f"error code {code}" in msg or f"status code {code}" in msg for code in (502, 503, 504))
+    )
+
+
+class RetryingClient:
+    """An ``MlflowClient`` of a tracking server whose calls survive the server being restarted.
+
+    A call that fails because the server cannot be reached (refused or dropped connections, 502/503/504 while
+    it restarts) is retried with backoff (0.5 s, doubling to 10 s) for up to :func:`retry_window` seconds, then
+    raises :class:`TrackingUnavailable` naming the server. Metric batches are safe to repeat: the store drops a
+    point it already has (same key, step, timestamp and value). MLflow's client retries only on HTTP; a
+    sqlite store is used directly (no proxy)."""
+
+    def __init__(self, client, uri: str) -> None:
+        self._client = client
+        self._uri = uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return self._call(name, attr, args, kwargs)
+
+        return call
+
+    def _call(self, name, fn, args, kwargs):
+        window = retry_window()
+        deadline = time.monotonic() + window
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - only transient failures are retried, the rest re-raised
+                if not _transient(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise TrackingUnavailable(
+                        f"MLflow tracking server {self._uri} did not answer {name}() for {window:.0f} s "
+                        f"({str(exc).splitlines()[0][:200]}); start it again (sgdlab tracking-server) and re-run: "
+                        f"runs resume from their checkpoints. ${RETRY_ENV} sets the wait."
+                    ) from None
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
 
 
 # The experiment tag MLflow's UI reads as the experiment's kind, and its value for classic model training
@@ -309,7 +391,12 @@ class MetricBuffer:
             return
         c = client()
         for i in range(0, len(items), _BATCH_LIMIT):
-            c.log_batch(self.run_id, metrics=items[i : i + _BATCH_LIMIT])
+            try:
+                c.log_batch(self.run_id, metrics=items[i : i + _BATCH_LIMIT])
+            except BaseException:
+                with self._lock:
+                    self._items[:0] = items[i:]  # kept for the next flush: nothing is dropped on a failed write
+                raise
 
     def __enter__(self) -> MetricBuffer:
         return self
