@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian bench-population serve study-gan recipes
+.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian bench-population bench-tracking tracking-server cluster serve study-gan recipes
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ lint: setup ## ruff check and ruff format --check
 	$(PY) -m ruff check src tasks flows tests bench
 	$(PY) -m ruff format --check src tasks flows tests bench
 
-bench: bench-data bench-train bench-hessian bench-population ## all benchmarks (figures as ratios to a baseline measured in the same run)
+bench: bench-data bench-train bench-hessian bench-population bench-tracking ## all benchmarks (figures as ratios to a baseline measured in the same run)
 
 bench-data: setup ## data path: IDX->Parquet, Parquet->tensors, cold CLI start, first-flow overhead
 	$(PY) bench/bench_data.py --out bench/results/data.json
@@ -37,6 +37,15 @@ bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHess
 
 bench-population: setup ## 16 runs as one population vs one at a time (MLP 784-256-10 and diagonal linear nets; ratio in one run)
 	$(PY) bench/bench_population.py --members 16 --steps 200 --repeats 3 --out bench/results/population.json
+
+bench-tracking: setup ## parallel writers into sqlite (8) and MLflow-on-PostgreSQL (16): points lost, lock errors, points/s; sgdlab run on each
+	$(PY) bench/bench_tracking.py --out bench/results/tracking.json
+
+tracking-server: setup ## PostgreSQL + MLflow server on 127.0.0.1:5000 (export MLFLOW_TRACKING_URI=http://127.0.0.1:5000)
+	.venv/bin/sgdlab tracking-server
+
+cluster: setup ## Dask scheduler + 2 worker processes on 127.0.0.1:8786 (orchestration.task_runner=dask)
+	.venv/bin/sgdlab cluster
 
 serve: setup ## start a local Prefect server and serve the study on its schedule (params.yaml: serve)
 	sgdlab serve

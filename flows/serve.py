@@ -42,10 +42,16 @@ def _env(api_url: str | None = None, extra: dict | None = None) -> dict:
 
 
 def start_server(
-    host: str, port: int, timeout: float = 120.0, scheduler_loop_s: float | None = None, log_path: Path | None = None
+    host: str,
+    port: int,
+    timeout: float = 120.0,
+    scheduler_loop_s: float | None = None,
+    log_path: Path | None = None,
+    env_extra: dict | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start ``prefect server start`` on host:port; return (process, API URL) once it answers /api/health."""
     extra = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(scheduler_loop_s)} if scheduler_loop_s else {}
+    extra.update(env_extra or {})
     extra["PREFECT_API_URL"] = ""  # the server itself must not point at another API
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(

@@ -79,7 +79,10 @@ def prefect_api(tmp_path_factory):
 
     log = tmp_path_factory.mktemp("prefect-server") / "server.log"
     # the scheduler loops every 2 s (default 60 s) so that test_schedule's interval runs appear quickly
-    proc, url = start_server("127.0.0.1", free_port(), timeout=180, scheduler_loop_s=2, log_path=log)
+    # the services no test needs stay off (each polls the database on a loop: ~10% of a core together)
+    off = ("CANCELLATION_CLEANUP", "CLEANUP_RECONCILER", "FOREMAN", "LATE_RUNS", "PAUSE_EXPIRATIONS", "REPOSSESSOR")
+    off_env = {f"PREFECT_SERVER_SERVICES_{s}_ENABLED": "false" for s in (*off, "TRIGGERS")}
+    proc, url = start_server("127.0.0.1", free_port(), timeout=180, scheduler_loop_s=2, log_path=log, env_extra=off_env)
     os.environ["PREFECT_API_URL"] = url
     try:
         yield url

@@ -168,6 +168,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, mlflow_store, monk
     assert resumed["mlflow_run_id"] == Path(run_dir / "mlflow_run_id").read_text()
 
 
+@pytest.mark.slow  # the default suite runs Dask on separate worker processes (test_cluster.py)
 def test_sweep_on_a_dask_local_cluster(prefect_harness, mlflow_store, tmp_path, monkeypatch):
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
     from flows.phases import run_phase

@@ -398,6 +398,10 @@ def tracking_server(
     pg_port: int = typer.Option(0, help="port of PostgreSQL (0: a free one)"),
     state_dir: Optional[Path] = typer.Option(None, "--dir", help="state directory (default: mlflow/server/)"),
     workers: int = typer.Option(2, help="MLflow server worker processes"),
+    host: str = typer.Option("127.0.0.1", help="interface of the MLflow server (PostgreSQL stays on 127.0.0.1)"),
+    allowed_hosts: Optional[str] = typer.Option(
+        None, help="MLflow's --allowed-hosts (Host headers accepted), e.g. 'mlflow.lab:5000' with --host 0.0.0.0"
+    ),
 ) -> None:
     """Start PostgreSQL (a private cluster in mlflow/server/pgdata, created on first use) and an MLflow server
     on it with served artifacts, both on 127.0.0.1; then `export MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`
@@ -406,7 +410,14 @@ def tracking_server(
     from sgdlab.trackserver import ServerError, TrackingServer, default_state_dir
 
     interrupt.install(keyboard=True)
-    ts = TrackingServer(state_dir or default_state_dir(), port=port, pg_port=pg_port, workers=workers)
+    ts = TrackingServer(
+        state_dir or default_state_dir(),
+        port=port,
+        pg_port=pg_port,
+        workers=workers,
+        host=host,
+        allowed_hosts=allowed_hosts,
+    )
     try:
         ts.start()
         typer.echo(f"PostgreSQL on 127.0.0.1:{ts.postgres.port} (data: {ts.postgres.pgdata})")

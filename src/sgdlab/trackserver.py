@@ -47,13 +47,13 @@ def default_state_dir(root: Path | None = None) -> Path:
     return (root or project_root()).resolve() / "mlflow" / "server"
 
 
-def postgres_bin_dir() -> Path:
+def postgres_bin_dir(path: str | None = None, debian: Path = Path("/usr/lib/postgresql")) -> Path:
     """The directory with ``initdb`` and ``postgres``: on ``PATH``, else Debian's newest
     ``/usr/lib/postgresql/<version>/bin``."""
-    found = shutil.which("initdb")
+    found = shutil.which("initdb", path=path)
     if found and (Path(found).resolve().parent / "postgres").exists():
         return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    versions = sorted(debian.glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
     if versions:
         return versions[-1].parent
     raise ServerError(
@@ -291,11 +291,13 @@ class MlflowServer:
     host: str = "127.0.0.1"
     workers: int = 2
     log_path: Path | None = None
+    allowed_hosts: str | None = None
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 120.0) -> str:
         """Start the server; return its URL once ``/health`` answers."""
@@ -320,6 +322,7 @@ class MlflowServer:
                 str(self.port),
                 "--workers",
                 str(self.workers),
+                *(["--allowed-hosts", self.allowed_hosts] if self.allowed_hosts else []),
             ],
             env=env,
             stdout=log,
@@ -358,13 +361,16 @@ class TrackingServer:
     postgres: Postgres = field(init=False)
     mlflow: MlflowServer | None = field(default=None, init=False)
 
+    allowed_hosts: str | None = None  # MLflow's --allowed-hosts, for a server reached from other machines
+
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
-        self.postgres = Postgres(self.state_dir, port=self.pg_port, host=self.host)
+        self.postgres = Postgres(self.state_dir, port=self.pg_port)  # PostgreSQL itself stays on 127.0.0.1
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
 
     def start(self) -> str:
         self.postgres.start()
@@ -380,6 +386,7 @@ class TrackingServer:
             host=self.host,
             workers=self.workers,
             log_path=self.state_dir / "mlflow-server.log",
+            allowed_hosts=self.allowed_hosts,
         )
         self.mlflow.start()
         self.port = self.mlflow.port
