@@ -307,7 +307,7 @@ def test_tracking_server_and_cluster_commands_start_everything_and_stop_it_on_si
         env={**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    prefect_port = int(_wait_line(cl, "Prefect server: http://127.0.0.1:").split(":")[2].split("/")[0])
+    prefect_port = int(_wait_line(cl, "Prefect server: http://127.0.0.1:").rsplit(":", 1)[1].split("/")[0])
     _wait_line(cl, "export PREFECT_API_URL=")
     assert f"dask_address=tcp://127.0.0.1:{sched}" in _wait_line(cl, "sgdlab run --set")
     for proc, ports in ((cl, (sched, prefect_port)), (ts, (port, pg_port))):
