@@ -198,13 +198,55 @@ class TrainConfig(_Frozen):
         return v
 
 
+class SearchParam(_Frozen):
+    """One dimension of a search space: uniform on [low, high], or log-uniform with ``log: true``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"needs finite low < high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0, got low={self.low}")
+        return self
+
+
+class SearchConfig(_Frozen):
+    """Hyper-parameter search for one optimizer: ``studies`` independent studies of ``trials`` trials each.
+
+    ``random``: independent uniform draws; ``quasirandom``: a scrambled Halton sequence (AlgoPerf's baseline
+    tuning), both seeded (study ``s`` uses seed ``seed + s``), so the trials are fixed before anything runs
+    and an interrupted search resumes with none lost or repeated. Space keys: ``lr``, any scalar
+    hyper-parameter of the optimizer (``weight_decay``, ``momentum``, ...), ``beta1``/``beta2`` (the entries
+    of ``betas``), or ``1-<key>`` to search one minus it (e.g. ``1-beta2`` log-uniform in [1e-3, 1e-1]).
+    The grid (``lr: [...]``) is the ``grid`` kind; adaptive kinds (TPE) are not supported yet."""
+
+    kind: Literal["random", "quasirandom"]
+    trials: int = Field(ge=1, le=10000)
+    studies: int = Field(1, ge=1, le=100)
+    seed: int = Field(0, ge=0)
+    space: dict[str, SearchParam]
+
+    @field_validator("space")
+    @classmethod
+    def _nonempty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("needs at least one parameter, e.g. {lr: {low: 1.0e-4, high: 1.0e-1, log: true}}")
+        return v
+
+
 class OptimizerEntry(_Frozen):
-    """One optimizer family in the sweep: its name, one or more learning rates, other hyper-parameters."""
+    """One optimizer family in the sweep: its name, one or more learning rates (or a search), other
+    hyper-parameters."""
 
     name: str
     lr: float | tuple[float, ...]
     hparams: dict[str, Any] = Field(default_factory=dict)
     schedule: ScheduleConfig | None = None  # this family's lr schedule (None: train.schedule)
+    search: SearchConfig | None = None  # replaces the lr grid: the trials' values (lr: the fallback value)
 
     @field_validator("lr")
     @classmethod

@@ -50,6 +50,9 @@ def _child_tags_params(spec: RunSpec, ctx: dict[str, Any], n_params) -> tuple[di
         "data_hash": spec.data_hash,
         "phase": "sweep",
     }
+    search = (spec.extra or {}).get("search")
+    if search:  # a search trial: MLflow can filter on tags.search_study / tags.search_trial
+        tags.update({f"search_{k}": str(v) for k, v in search.items()})
     params = {**tracking.flatten({"spec": spec.to_dict()}), "run_key": spec.key, "n_params": n_params}
     return tags, params
 
@@ -289,6 +292,9 @@ def _record_run(study, p: _Prepared, result, val: dict, population: int, note: s
         "batch_size": spec.batch_size,
         "steps": spec.steps,
         "seed": spec.seed,
+        # -1 for a grid run; else the search study and trial number (sweep.optimizers[i].search)
+        "search_study": int((spec.extra or {}).get("search", {}).get("study", -1)),
+        "search_trial": int((spec.extra or {}).get("search", {}).get("trial", -1)),
         "train_fraction": spec.train_fraction,
         "n_train": len(p.tensors.x_train),
         "status": result.status,

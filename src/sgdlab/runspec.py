@@ -60,7 +60,11 @@ class RunSpec:
     def label(self) -> str:
         v = "" if self.variant == "base" else f" [{self.variant}]"
         f = "" if self.train_fraction == 1.0 else f" data={self.train_fraction:g}"
-        return f"{self.optimizer} lr={self.lr:g} B={self.batch_size} T={self.steps} {self.model} seed={self.seed}{f}{v}"
+        s = (self.extra or {}).get("search")
+        t = f" trial {s['study']}/{s['trial']}" if s else ""
+        return (
+            f"{self.optimizer} lr={self.lr:g} B={self.batch_size} T={self.steps} {self.model} seed={self.seed}{f}{t}{v}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -168,6 +168,30 @@ def _check_loop(cfg: Config, loop: dict[str, Any], batch_size: int, steps: int) 
         raise SweepError(f"params.yaml: train (batch size {batch_size}, {steps} steps): {exc}") from None
 
 
+def _search_hparams(opt, where: str) -> list[tuple[dict, dict]]:
+    """The resolved hyper-parameters of every trial of ``opt.search`` (:mod:`sgdlab.optbench.search`), each
+    with the ``extra`` that makes it its own run key: ``{"search": {kind, seed, study, trial}}``."""
+    from sgdlab.optbench import search
+    from sgdlab.optim import OptimizerConfigError, resolve_hparams
+
+    sc = opt.search
+    try:
+        base = resolve_hparams(opt.name, {**opt.hparams, "lr": opt.lrs[0]})
+    except (OptimizerConfigError, ValueError) as exc:
+        raise SweepError(f"{where}: {exc}") from None
+    out = []
+    for tr in search.trials(sc):
+        try:
+            hp = resolve_hparams(opt.name, search.apply(tr["values"], base))
+        except KeyError as exc:
+            raise SweepError(f"{where}: search.space: {exc.args[0]}") from None
+        except (OptimizerConfigError, ValueError) as exc:
+            raise SweepError(f"{where}: search trial {tr['study']}/{tr['trial']} {tr['values']}: {exc}") from None
+        meta = {"kind": sc.kind, "seed": sc.seed, "study": tr["study"], "trial": tr["trial"]}
+        out.append((hp, {"search": meta}))
+    return out
+
+
 def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunSpec]:
     """The sweep's run specs, validated (see module docstring); ``n_train`` enables the batch-size check."""
     from dataclasses import replace
@@ -177,14 +201,18 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
     sw = cfg.sweep
     for i, m in enumerate(sw.models):
         _check_model(i, m)
-    resolved: list[tuple[str, list[dict]]] = []
+    resolved: list[tuple[str, list[tuple[dict, dict]], Any]] = []
     for i, opt in enumerate(sw.optimizers):
-        hps = []
-        for lr in opt.lrs:
-            try:
-                hps.append(resolve_hparams(opt.name, {**opt.hparams, "lr": lr}))
-            except (OptimizerConfigError, ValueError) as exc:
-                raise SweepError(f"params.yaml: sweep.optimizers[{i}] ({opt.name}): {exc}") from None
+        hps: list[tuple[dict, dict]] = []  # (resolved hparams, spec.extra)
+        where = f"params.yaml: sweep.optimizers[{i}] ({opt.name})"
+        if opt.search is None:
+            for lr in opt.lrs:
+                try:
+                    hps.append((resolve_hparams(opt.name, {**opt.hparams, "lr": lr}), {}))
+                except (OptimizerConfigError, ValueError) as exc:
+                    raise SweepError(f"{where}: {exc}") from None
+        else:
+            hps = _search_hparams(opt, where)
         resolved.append((opt.name, hps, opt.schedule))
     loop = loop_settings(cfg)
     probe = probe_settings(cfg)
@@ -192,7 +220,7 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
     for m in sw.models:
         for name, hps, schedule in resolved:
             run_loop = loop if schedule is None else {**loop, "schedule": schedule.model_dump()}
-            for hp in hps:
+            for hp, extra in hps:
                 for bs in sw.batch_sizes:
                     for frac in sw.train_fractions:
                         n = None if n_train is None else int(n_train * frac)
@@ -215,6 +243,7 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
                                         seed,
                                         run_loop,
                                         probe,
+                                        extra=extra,
                                     )
                                 )
     base = list(specs)

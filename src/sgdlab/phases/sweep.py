@@ -115,6 +115,8 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
                 "seed": spec.seed,
                 "model": spec.model,
                 "variant": spec.variant,
+                "search_study": int((spec.extra or {}).get("search", {}).get("study", -1)),
+                "search_trial": int((spec.extra or {}).get("search", {}).get("trial", -1)),
                 "train_fraction": spec.train_fraction,
             }
         )
