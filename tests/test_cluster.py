@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import _child_runs
 
 from sgdlab import results, tracking
 from sgdlab.config import from_dict
@@ -62,14 +63,6 @@ def _cfg(tmp_path: Path, **over) -> dict:
     for k, v in over.items():
         raw[k] = {**raw.get(k, {}), **v}
     return raw
-
-
-def _child_runs(experiment: str) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for r in tracking.find_runs(experiment, "tags.phase = 'sweep'"):
-        if "run_key" in r.data.tags:
-            out.setdefault(r.data.tags["run_key"], []).append(r)
-    return out
 
 
 @needs_postgres

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sgdlab.trackserver import ServerError, _stop, free_port
+from sgdlab.trackserver import ServerError, Service, _stop, free_port
 
 
 def _dask_cli(*args: str) -> list[str]:
@@ -36,7 +36,7 @@ def _dask_cli(*args: str) -> list[str]:
 
 
 @dataclass
-class DaskCluster:
+class DaskCluster(Service):
     """``n_workers`` worker processes on a scheduler at ``host:port`` (``port=0``: a free one)."""
 
     n_workers: int = 2
@@ -138,14 +138,3 @@ class DaskCluster:
         for w in self.workers:
             _stop(w, signal.SIGTERM, 20)
         _stop(self.scheduler, signal.SIGTERM, 20)
-
-    def __enter__(self) -> DaskCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -138,6 +138,28 @@ def _stop(proc: subprocess.Popen | None, sig: int, timeout: float, linger: float
     proc.wait(timeout=10)
 
 
+class Service:
+    """``with`` support for something with ``start()`` and ``stop()``: stopped on exit, and also when ``start``
+    fails half-way (a started PostgreSQL is not left behind by a failed MLflow server)."""
+
+    def start(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass
 class Postgres:
     """A private PostgreSQL cluster in ``state_dir/pgdata`` on ``host:port``."""
@@ -350,7 +372,7 @@ class MlflowServer:
 
 
 @dataclass
-class TrackingServer:
+class TrackingServer(Service):
     """PostgreSQL and an MLflow server on it, started and stopped together (a context manager)."""
 
     state_dir: Path = field(default_factory=default_state_dir)
@@ -396,14 +418,3 @@ class TrackingServer:
         if self.mlflow is not None:
             self.mlflow.stop()
         self.postgres.stop()
-
-    def __enter__(self) -> TrackingServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
