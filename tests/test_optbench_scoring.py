@@ -116,3 +116,23 @@ def test_grouping_by_everything_but_the_seed():
     assert got[("sgd", 0.2)]["n"] == 1 and math.isnan(got[("sgd", 0.2)]["ci_lo"])
     by_opt = {g["optimizer"]: g for g in group_mean_ci(rows, "err", by=["optimizer"])}
     assert by_opt["sgd"]["n"] == 3 and by_opt["sgd"]["mean"] == pytest.approx(0.18)
+
+
+def test_sweep_summary_and_report_table_carry_the_t_interval():
+    from sgdlab.report.tables import _pm
+    from sgdlab.results import summarize
+
+    base = {"model": "mlp", "optimizer": "sgd", "lr": 0.1, "batch_size": 32, "steps": 10, "train_fraction": 1.0}
+    rows = [
+        {**base, "variant": "base", "seed": s, "status": "finished", "test/acc": a} for s, a in enumerate([0.8, 0.9])
+    ]
+    rows.append({**base, "variant": "base", "seed": 2, "status": "diverged", "test/acc": None})
+    rows.append({**base, "variant": "linearx2", "seed": 0, "status": "finished", "test/acc": 0.7})
+    got = {g["variant"]: g for g in summarize(rows)}
+    half = 12.706204736174698 * math.sqrt(0.005) / math.sqrt(2)  # t_{0.975, 1} s / sqrt(n), s^2 = 0.005
+    g = got["base"]
+    assert g["test/acc mean"] == pytest.approx(0.85) and g["diverged"] == 1
+    assert g["test/acc ci95 lo"] == pytest.approx(0.85 - half) and g["test/acc ci95 hi"] == pytest.approx(0.85 + half)
+    assert got["linearx2"]["test/acc ci95 lo"] is None  # one seed: no interval
+    assert _pm(0.85, 0.0707, 100.0, 0.2147, 1.4853) == "85.0 ± 7.1 [21.5, 148.5]"
+    assert _pm(0.7, 0.0, 100.0) == "70.0 ± 0.0"

@@ -71,8 +71,12 @@ GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "steps", "train_fraction
 
 
 def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict[str, Any]]:
-    """Mean +- std (over seeds) of ``metric`` per (model, optimizer, lr, batch size, variant)."""
+    """Mean +- std (over seeds) of ``metric`` per (model, optimizer, lr, batch size, variant), with the
+    two-sided 95% Student-t interval of the mean (``ci95 lo``/``ci95 hi``; None for fewer than 2 seeds)."""
+    import math
     import statistics
+
+    from sgdlab.optbench.scoring import mean_ci
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -80,6 +84,9 @@ def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict
     out = []
     for key, rs in groups.items():
         vals = [r[metric] for r in rs if r.get("status") == "finished" and r.get(metric) is not None]
+        ci = mean_ci(vals) if vals and not any(math.isnan(v) for v in vals) else None
+        lo = ci.lo if ci is not None and ci.n > 1 else None
+        hi = ci.hi if ci is not None and ci.n > 1 else None
         out.append(
             {
                 **dict(zip(GROUP_KEYS, key)),
@@ -89,6 +96,8 @@ def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict
                 "failed": sum(r.get("status") == "failed" for r in rs),
                 f"{metric} mean": statistics.fmean(vals) if vals else None,
                 f"{metric} std": statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None),
+                f"{metric} ci95 lo": lo,
+                f"{metric} ci95 hi": hi,
             }
         )
     return out

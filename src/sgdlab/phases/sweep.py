@@ -140,7 +140,8 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
             "kind": "table",
             "key": "sweep-summary",
             "table": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for s in summary],
-            "description": f"Sweep of study {study.name}: test accuracy mean ± std over seeds.",
+            "description": f"Sweep of study {study.name}: test accuracy mean ± std over seeds, with the 95% "
+            "Student-t interval of the mean (ci95 lo/hi; none for one seed).",
         }
     ]
     if failed:

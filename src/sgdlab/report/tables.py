@@ -21,13 +21,16 @@ class Table:
     row_classes: tuple[str, ...] = field(default=())
 
 
-def _pm(mean: Any, std: Any, scale: float = 1.0) -> str:
-    """``mean ± std``; percentages (scale 100) with one decimal, other numbers with 3 significant digits."""
+def _pm(mean: Any, std: Any, scale: float = 1.0, lo: Any = None, hi: Any = None) -> str:
+    """``mean ± std [lo, hi]`` (the bracket: the 95% t interval of the mean, when there is one); percentages
+    (scale 100) with one decimal, other numbers with 3 significant digits."""
     if not is_num(mean):
         return "–"
     if scale == 100.0:
-        return f"{mean * 100:.1f} ± {std * 100:.1f}" if is_num(std) else f"{mean * 100:.1f}"
-    return f"{fmt(mean * scale)} ± {fmt(std * scale, 2)}" if is_num(std) else fmt(mean * scale)
+        out = f"{mean * 100:.1f} ± {std * 100:.1f}" if is_num(std) else f"{mean * 100:.1f}"
+        return out + (f" [{lo * 100:.1f}, {hi * 100:.1f}]" if is_num(lo) and is_num(hi) else "")
+    out = f"{fmt(mean * scale)} ± {fmt(std * scale, 2)}" if is_num(std) else fmt(mean * scale)
+    return out + (f" [{fmt(lo * scale)}, {fmt(hi * scale)}]" if is_num(lo) and is_num(hi) else "")
 
 
 def _sort(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,14 +74,24 @@ def sweep_summary(runs: list[dict[str, Any]]) -> Table:
             str(g["diverged"]),
             str(g["failed"]),
         ]
-        cells += [_pm(stats[m][k][f"{m} mean"], stats[m][k][f"{m} std"], s) for m, _, s in metrics]
+        cells += [
+            _pm(
+                stats[m][k][f"{m} mean"],
+                stats[m][k][f"{m} std"],
+                s,
+                stats[m][k][f"{m} ci95 lo"],
+                stats[m][k][f"{m} ci95 hi"],
+            )
+            for m, _, s in metrics
+        ]
         rows.append(tuple(cells))
         classes.append("bad" if g["finished"] == 0 else ("warn" if g["diverged"] + g["failed"] else ""))
     return Table(
         "Sweep summary",
         tuple(cols),
         tuple(rows),
-        "Mean ± std (sample std) over the finished seeds of each group; diverged and failed runs are "
+        "Mean ± std (sample std) [95% confidence interval of the mean: Student's t, n - 1 degrees of freedom] "
+        "over the finished seeds of each group (no interval for one seed); diverged and failed runs are "
         "counted, not averaged.",
         tuple(classes),
     )
