@@ -132,3 +132,22 @@ def test_spawned_process_groups_are_reaped():
     assert procs.reap() == [proc.pid]
     time.sleep(0.3)
     assert _session_processes(proc.pid) == []  # the grandchild (a server, say) is gone with its parent
+
+
+def test_reaping_lets_a_command_stop_the_servers_it_started_in_other_sessions():
+    """Like `sgdlab tracking-server`, the child starts a server in a session of its own and stops it on SIGTERM;
+    reaping sends SIGTERM before SIGKILL, so the server does not outlive a failed test."""
+    import procs
+
+    code = (
+        "import signal, subprocess, sys, time\n"
+        "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (p.terminate(), p.wait(), sys.exit(0)))\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    proc = spawn([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    server = int(proc.stdout.readline())
+    assert procs.reap() == [proc.pid]
+    with pytest.raises(ProcessLookupError):
+        os.kill(server, 0)
