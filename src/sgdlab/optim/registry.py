@@ -7,7 +7,8 @@ and stepped by the training loop through one protocol::
 
 where ``closure(k)`` zeroes grads, runs forward on the k-th independent minibatch drawn for this
 step (``0 <= k < batches_per_step(name, hparams)``), calls ``backward`` (with
-``create_graph=True`` when ``spec.create_graph``) and returns the loss.
+``create_graph=True`` when ``spec.create_graph``) and returns the loss. ``closure(k, backward=False)``
+evaluates the same minibatch's loss without a graph and leaves ``.grad`` alone (zeroth-order families).
 
 Hyper-parameters are validated *before* anything is built: unknown keys, wrong types and values out
 of range raise :class:`OptimizerConfigError` (a ``ValueError``) naming the key, the value and what is

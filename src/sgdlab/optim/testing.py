@@ -125,9 +125,12 @@ def drive(
 def _closure(optimizer, loss_fn, draws: list[int], create_graph: bool):
     """closure(k) for one step: k-th minibatch of this step, mean loss, backward, detached loss."""
 
-    def closure(k: int = 0) -> torch.Tensor:
+    def closure(k: int = 0, backward: bool = True) -> torch.Tensor:
         if not 0 <= k < len(draws):
             raise IndexError(f"closure(k={k}) outside 0..{len(draws) - 1}")
+        if not backward:  # zeroth-order families: the loss only
+            with torch.no_grad():
+                return loss_fn(draws[k], optimizer).detach()
         optimizer.zero_grad()
         loss = loss_fn(draws[k], optimizer)
         loss.backward(create_graph=create_graph)

@@ -65,7 +65,8 @@ def train(
 
     The optimizer is stepped as ``optimizer.step(closure)``; ``closure(k)`` runs forward/backward on
     the k-th of the ``batches_per_step`` minibatches drawn for this step (accumulating over
-    ``cfg.micro_batches`` physical micro-batches) and returns the detached mean loss.
+    ``cfg.micro_batches`` physical micro-batches) and returns the detached mean loss;
+    ``closure(k, backward=False)`` only evaluates that loss (zeroth-order families).
     ``metric_sink(metrics, step)`` receives ``train/loss``, ``train/acc`` (mean over the steps since
     the last log point), ``lr`` every ``log_every`` steps, ``test/loss``, ``test/acc`` at eval
     points, and at the end ``train_full/*`` (full training set, eval mode) with the final test
@@ -240,10 +241,19 @@ class _Run:
                 out = fwd(x)
                 return out, loss_fn(task, out, y)
 
-        def closure(k: int = 0) -> torch.Tensor:
+        def closure(k: int = 0, backward: bool = True) -> torch.Tensor:
             x, y, y_clean = run.batches[k]
-            opt.zero_grad(set_to_none=True)
             first = run.recorded[k] is None  # SAM-type methods call closure(k) again: record once
+            if not backward:  # zeroth-order families: the loss only, no graph, grads left as they are
+                with torch.no_grad():
+                    out, loss = forward_loss(x, y)
+                if first:
+                    run.recorded[k] = loss
+                    if classify:
+                        run.win_logits.append(out)
+                        run.win_labels.append(y_clean)
+                return loss
+            opt.zero_grad(set_to_none=True)
             if micro == 1:
                 out, loss = forward_loss(x, y)
                 loss.backward(create_graph=create_graph)
