@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup run test test-slow lint bench bench-data bench-train bench-hessian bench-population bench-tracking tracking-server cluster serve study-gan recipes
+.PHONY: help setup run test test-slow lint bench-optimizers bench bench-data bench-train bench-hessian bench-population bench-tracking tracking-server cluster serve study-gan recipes
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ test-slow: setup ## the slow tests (minutes)
 lint: setup ## ruff check and ruff format --check
 	$(PY) -m ruff check src tasks flows tests bench
 	$(PY) -m ruff format --check src tasks flows tests bench
+
+bench-optimizers: setup ## the optimizer benchmark (benchmarks/optimizers.yaml, quick scale): report in results/optbench/
+	$(PY) -m sgdlab.cli bench-optimizers
 
 bench: bench-data bench-train bench-hessian bench-population bench-tracking ## all benchmarks (figures as ratios to a baseline measured in the same run)
 

@@ -423,3 +423,30 @@ def test_the_minibatches_of_one_step_are_independent_draws():
     assert repeats == pytest.approx(1 - (10 * 9 * 8 * 7 * 6) / 10**5, abs=0.03)  # with replacement: 0.698
     with pytest.raises(ValueError, match=r"sampling='shuffled'"):
         LoopConfig(steps=1, sampling="shuffled")
+
+
+def test_eval_val_logs_the_validation_curve_at_eval_points():
+    d = separable()
+    n = len(d.x_test) // 2
+    data = DataTensors(d.x_train, d.y_train, d.x_test[:n], d.y_test[:n], d.x_test[n:], d.y_test[n:])
+    got = []
+    cfg = LoopConfig(steps=20, batch_size=16, log_every=5, eval_every=10, eval_val=True)
+    model = mlp()
+    train(model, "sgd", {"lr": 0.1}, data, cfg, metric_sink=lambda m, s: got.append((s, m)))
+    val_points = [(s, m["val/acc"]) for s, m in got if "val/acc" in m]
+    assert [s for s, _ in val_points] == [10]  # step 20 is the final evaluation (the caller's val point)
+    cfg_step10 = LoopConfig(steps=10, batch_size=16, log_every=5, eval_every=0)
+    again = mlp()
+    train(again, "sgd", {"lr": 0.1}, data, cfg_step10)
+    want = evaluate(again, d.x_test[n:], d.y_test[n:], "classification")
+    assert val_points[0][1] == want["acc"]  # the same weights as a 10-step run, evaluated on the val part
+    test_at_10 = [m["test/acc"] for s, m in got if s == 10 and "test/acc" in m]
+    assert test_at_10 and "val/loss" in dict(got)[10]
+
+
+def test_eval_val_without_a_validation_set_is_refused_before_training():
+    data, model = separable(), mlp()
+    before = params(model)
+    with pytest.raises(ValueError, match="eval_val=True needs a non-empty validation set"):
+        train(model, "sgd", {"lr": 0.1}, data, LoopConfig(steps=5, batch_size=16, eval_every=5, eval_val=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, params(model)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -607,6 +608,48 @@ def recipe_check(
     out = run_recipe(cfg, name, scale, check_only=True)
     _print_verdict(out)
     raise typer.Exit(0 if out["verdict"]["verdict"] == "PASS" else 1)
+
+
+@app.command("bench-optimizers")
+def bench_optimizers(
+    scale: str = typer.Option("quick", "--scale", help="quick (2 CPU cores, about 20 min) | full (a GPU machine)"),
+    set_: Optional[list[str]] = SetOpt,
+    bench_file: Optional[Path] = typer.Option(
+        None, "--file", help="benchmark file (default benchmarks/optimizers.yaml)"
+    ),
+) -> None:
+    """The optimizer benchmark: every optimizer tuned with the same budget on every workload (S studies x T
+    trials), the chosen settings re-run over fresh seeds, scored by time to the fixed validation target
+    (performance profiles, AlgoPerf's score). Writes results/optbench[-full]/{report.md, profile.png,
+    scores.json, scores.parquet} and logs the scores on the benchmark's MLflow parent run."""
+    from sgdlab.config import ConfigError
+    from sgdlab.optbench.protocol import BenchError, load_bench, workload_config
+
+    try:  # the file and every workload's config, before any compute
+        bench = load_bench(scale, bench_file)
+        for w in bench.workloads:
+            workload_config(bench, w, "tune", overrides=set_ or [])
+    except (BenchError, ConfigError, ValueError) as exc:
+        typer.secho(f"benchmark error:\n{exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    from flows.optbench import run_optbench
+    from sgdlab.data import DataFileError, SourceError
+
+    typer.echo(
+        f"sgdlab bench-optimizers (scale {scale}): {len(bench.optimizers)} optimizers x {len(bench.workloads)} "
+        f"workloads, {bench.protocol.studies} studies x {bench.protocol.trials} trials each, "
+        f"{bench.protocol.seeds} seeds for the chosen settings"
+    )
+    t0 = time.perf_counter()
+    try:
+        out = run_optbench(scale, tuple(set_ or []), str(bench_file) if bench_file else None)
+    except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    s = out["summary"]
+    typer.echo(f"done in {time.perf_counter() - t0:.0f} s")
+    for o in sorted(s["optimizers"], key=lambda o: -s["steps"]["score"][o]):
+        typer.echo(f"  {o:22s} score {s['steps']['score'][o]:.3f} (steps)  {s['wall']['score'][o]:.3f} (wall)")
+    typer.echo(f"report: {out['paths']['report']}\nfigure: {out['paths']['figure']}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

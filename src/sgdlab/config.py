@@ -189,6 +189,7 @@ class TrainConfig(_Frozen):
     amp_bf16: bool = False
     compile: bool = False
     sampling: Literal["epoch", "iid"] = "epoch"  # iid: with replacement, as the SDE theory assumes
+    eval_val: bool = False  # also evaluate the validation part at each eval point (val/* curves: time to target)
 
     @field_validator("dataset")
     @classmethod

@@ -217,7 +217,7 @@ def _prepare_run(study, spec, tracking_ctx, on_step_factory, run_dir: Path) -> _
         if train_idx is None
         else (splits.x_train[train_idx], splits.y_train[train_idx])
     )
-    tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test)
+    tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test, splits.x_val, splits.y_val)
     run_id, created = _child_run(study, spec, run_dir, tracking_ctx, param_count(model))
     # a resumed run replays from its checkpoint: the points its store already holds are not logged again
     logged = {} if created else tracking.last_logged_steps(run_id)

@@ -55,6 +55,8 @@ def loop_settings(cfg: Config) -> dict[str, Any]:
         "amp_bf16": t.amp_bf16,
         "compile": t.compile,
         "sampling": t.sampling,
+        # only when on, so the run keys of studies that do not use it stay as they were
+        **({"eval_val": True} if t.eval_val else {}),
     }
 
 

@@ -29,6 +29,8 @@ class LoopConfig:
     schedule: lr schedule (a :class:`Schedule` or a dict of its fields).
     log_every: steps between ``train/loss``, ``train/acc``, ``lr`` points (and divergence checks).
     eval_every: steps between test-set evaluations (0 = only the final one).
+    eval_val: also evaluate the validation set (``DataTensors.x_val``) at each eval point, as ``val/*``
+    (time-to-target scoring reads these curves; the final validation point is the caller's).
     checkpoint_every: steps between checkpoints (0 = only the final one); needs a checkpoint path.
     blowup_factor: train loss above ``blowup_factor * initial loss`` (or non-finite) = divergence.
     seed: seeds the batch order / label noise generator and the (forked) global RNG.
@@ -48,6 +50,7 @@ class LoopConfig:
     schedule: Schedule = field(default_factory=Schedule)
     log_every: int = 50
     eval_every: int = 0
+    eval_val: bool = False
     eval_batch_size: int = 2048
     checkpoint_every: int = 0
     blowup_factor: float = 1e4
@@ -68,6 +71,8 @@ class LoopConfig:
         _int("batch_size", self.batch_size, 1)
         _int("log_every", self.log_every, 1)
         _int("eval_every", self.eval_every, 0)
+        if not isinstance(self.eval_val, bool):
+            raise TypeError(f"LoopConfig: eval_val={self.eval_val!r} must be a bool")
         _int("eval_batch_size", self.eval_batch_size, 1)
         _int("checkpoint_every", self.checkpoint_every, 0)
         _int("seed", self.seed, 0)
@@ -110,6 +115,8 @@ class DataTensors:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_val: torch.Tensor | None = None  # evaluated at eval points as val/* when LoopConfig.eval_val
+    y_val: torch.Tensor | None = None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

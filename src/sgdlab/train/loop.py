@@ -115,7 +115,14 @@ def _prepare(model, optimizer_name, hparams, data, cfg, checkpoint_path, resume,
     xt, yt, xs, ys = (t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     if cfg.task == "classification":
         yt, ys = yt.long(), ys.long()
-    data = DataTensors(xt, yt, xs, ys)
+    xv = yv = None
+    if cfg.eval_val:
+        if data.x_val is None or data.y_val is None or len(data.x_val) == 0:
+            raise ValueError("LoopConfig.eval_val=True needs a non-empty validation set (DataTensors.x_val, y_val)")
+        xv, yv = data.x_val.to(device), data.y_val.to(device)
+        if cfg.task == "classification":
+            yv = yv.long()
+    data = DataTensors(xt, yt, xs, ys, xv, yv)
     model.to(device)
     probe_model(model, data, cfg)
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -363,6 +370,8 @@ class _Run:
                 self.status, self.reason = "diverged", reason
         if cfg.eval_every and step % cfg.eval_every == 0 and not (last and cfg.final_eval):
             metrics.update(self._evaluate("test"))
+            if cfg.eval_val:
+                metrics.update(self._evaluate("val"))
         if metrics and self.sink is not None:
             self.sink(metrics, step)
         if self.status == "diverged":
@@ -451,7 +460,7 @@ class _Run:
         finally:
             if swap:
                 self.opt.train()
-        prefix = "train_full" if split == "train" else "test"
+        prefix = "train_full" if split == "train" else split
         return {f"{prefix}/{k}": v for k, v in m.items()}
 
     # ---- checkpoints ---------------------------------------------------------------------------
