@@ -25,6 +25,8 @@ FAMILIES = {
     "sde",
     "distributed",
     "orthogonalized",
+    "zeroth-order",
+    "weight-prediction",
 }
 REQUIRED = {
     "sgd",

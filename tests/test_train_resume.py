@@ -23,6 +23,14 @@ RESUME_CASES = [
     ("label_noise_sgd", {"lr": 0.05, "num_classes": 2, "p": 0.3}),
     ("svag", {"lr": 0.05}),
     ("local_sgd", {"lr": 0.05, "workers": 3, "local_steps": 2}),
+    ("xgrad_sgd", {"lr": 0.05}),
+    ("xgrad_adamw", {"lr": 1e-3}),
+    # warmup_steps=3 < checkpoint step 6: the checkpoint carries frozen v and both error feedbacks
+    ("onebit_adam", {"lr": 1e-3, "workers": 3, "warmup_steps": 3}),
+    ("zo_sgd", {"lr": 0.01, "n_perturbations": 2, "perturbation": "rademacher", "weight_decay": 0.01}),
+    # the checkpoint (step 6) falls in the annealing phase [3, 8): it carries m and the step count
+    ("zo_adamu", {"lr": 0.01, "t1": 3, "t2": 8, "t3": 13, "anneal": "continuous"}),
+    ("zo_adamu", {"lr": 0.01, "t1": 3, "t2": 8, "t3": 9}),
 ]
 
 

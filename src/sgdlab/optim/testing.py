@@ -52,6 +52,13 @@ TEST_HPARAMS: dict[str, dict] = {
     "local_sgd": {"lr": 0.2, "workers": 2, "local_steps": 2},
     "gam": {"lr": 0.05, "rho": 0.02, "fd_radius": 0.01},
     "sps": {"lr": 1.0, "c": 0.5},
+    "zo_sgd": {"lr": 0.15, "n_perturbations": 8},  # q=1 needs far more than 30 steps on the MLP
+    # printed Eq. 7: steps 1-19 warm-up, 20-27 annealing, 28-30 final phase
+    "zo_adamu": {"lr": 0.15, "t1": 20, "t2": 28, "t3": 31, "n_perturbations": 8},
+    "xgrad_sgd": {"lr": 0.05, "momentum": 0.9},
+    "xgrad_adam": {"lr": 0.05},
+    "xgrad_adamw": {"lr": 0.05, "weight_decay": 0.0},
+    "onebit_adam": {"lr": 0.005, "workers": 2, "warmup_steps": 5},  # 25 of the 30 steps compressed
 }
 OPTIMIZERS_UNDER_TEST: tuple[str, ...] = tuple(TEST_HPARAMS)
 

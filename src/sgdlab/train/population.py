@@ -62,6 +62,10 @@ TRAINED_ALONE = {
     "soap": "SOAP's eigendecompositions of rank-deficient gradient statistics turn rounding-level differences "
     "in the batched gradient into different bases (0.02 apart after 50 float64 steps)",
     "local_sgd": "Local SGD keeps per-worker copies of the model inside its step",
+    "xgrad_sgd": "XGrad takes each gradient at weights predicted from its state (from step 2 on)",
+    "xgrad_adam": "XGrad takes each gradient at weights predicted from its state (from step 2 on)",
+    "xgrad_adamw": "XGrad takes each gradient at weights predicted from its state (from step 2 on)",
+    "onebit_adam": "1-bit Adam scales each tensor's compressed momentum by its norm and keeps per-worker errors",
 }
 
 
