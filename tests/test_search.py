@@ -69,7 +69,7 @@ def test_bad_search_settings_are_refused_naming_the_key():
         with pytest.raises(ConfigError, match=msg):
             _cfg(space=space)
     with pytest.raises(ConfigError, match="search.kind"):
-        _cfg(kind="tpe")
+        _cfg(kind="bayesian")
     with pytest.raises(SweepError, match=r"sweep.optimizers\[0\] \(adam\): search.space: 'momentum' is not a numeric"):
         expand(_cfg(space={"momentum": {"low": 0.1, "high": 0.9}}), _data(), 180)
     with pytest.raises(SweepError, match=r"search trial 0/\d+ .*beta2"):

@@ -215,6 +215,21 @@ class SearchParam(_Frozen):
         return self
 
 
+class SearchObjective(_Frozen):
+    """What an adaptive (``tpe``) search optimises: a final metric of each trial's run. Validation and
+    training metrics only: tuning on the test set would make the reported test numbers optimistic."""
+
+    metric: Literal["val/loss", "val/acc", "train/loss", "train/acc"] = "val/loss"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    @model_validator(mode="after")
+    def _sense(self):
+        wrong = "maximize" if self.metric.endswith("loss") else "minimize"
+        if self.direction == wrong:
+            raise ValueError(f"objective {self.metric} with direction {wrong} would search for the worst setting")
+        return self
+
+
 class SearchConfig(_Frozen):
     """Hyper-parameter search for one optimizer: ``studies`` independent studies of ``trials`` trials each.
 
@@ -223,13 +238,20 @@ class SearchConfig(_Frozen):
     and an interrupted search resumes with none lost or repeated. Space keys: ``lr``, any scalar
     hyper-parameter of the optimizer (``weight_decay``, ``momentum``, ...), ``beta1``/``beta2`` (the entries
     of ``betas``), or ``1-<key>`` to search one minus it (e.g. ``1-beta2`` log-uniform in [1e-3, 1e-1]).
-    The grid (``lr: [...]``) is the ``grid`` kind; adaptive kinds (TPE) are not supported yet."""
+    The grid (``lr: [...]``) is the ``grid`` kind.
 
-    kind: Literal["random", "quasirandom"]
+    ``tpe``: Optuna's tree-structured Parzen estimator (:mod:`sgdlab.optbench.tpe`) picks each trial from the
+    results of the study's earlier ones: ``startup_trials`` seeded random trials, then TPE, optimising
+    ``objective`` (a final metric of the trial's run, averaged over the sweep's seeds). Its Optuna storage
+    lives in the study's models directory, so an interrupted search resumes with no trial lost or repeated."""
+
+    kind: Literal["random", "quasirandom", "tpe"]
     trials: int = Field(ge=1, le=10000)
     studies: int = Field(1, ge=1, le=100)
     seed: int = Field(0, ge=0)
     space: dict[str, SearchParam]
+    objective: SearchObjective = Field(default_factory=lambda: SearchObjective())  # tpe only
+    startup_trials: int = Field(10, ge=1)  # tpe: random trials before the estimator takes over (Optuna's 10)
 
     @field_validator("space")
     @classmethod

@@ -194,35 +194,19 @@ def _search_hparams(opt, where: str) -> list[tuple[dict, dict]]:
     return out
 
 
-def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunSpec]:
-    """The sweep's run specs, validated (see module docstring); ``n_train`` enables the batch-size check."""
+def _grid(cfg: Config, data: DataSpec, n_train: int | None, resolved: list):
+    """``(group, spec)`` for every model x optimizer entry x hyper-parameters x batch size x train fraction
+    x steps x seed; ``group`` is ``(model index, entry index, hparams index, bs, frac, steps)``: the spec
+    without its seed. ``resolved``: ``(entry index, optimizer, [(hparams, extra)], schedule)``."""
     from dataclasses import replace
 
-    from sgdlab.optim import OptimizerConfigError, resolve_hparams
-
     sw = cfg.sweep
-    for i, m in enumerate(sw.models):
-        _check_model(i, m)
-    resolved: list[tuple[str, list[tuple[dict, dict]], Any]] = []
-    for i, opt in enumerate(sw.optimizers):
-        hps: list[tuple[dict, dict]] = []  # (resolved hparams, spec.extra)
-        where = f"params.yaml: sweep.optimizers[{i}] ({opt.name})"
-        if opt.search is None:
-            for lr in opt.lrs:
-                try:
-                    hps.append((resolve_hparams(opt.name, {**opt.hparams, "lr": lr}), {}))
-                except (OptimizerConfigError, ValueError) as exc:
-                    raise SweepError(f"{where}: {exc}") from None
-        else:
-            hps = _search_hparams(opt, where)
-        resolved.append((opt.name, hps, opt.schedule))
     loop = loop_settings(cfg)
     probe = probe_settings(cfg)
-    specs: list[RunSpec] = []
-    for m in sw.models:
-        for name, hps, schedule in resolved:
+    for mi, m in enumerate(sw.models):
+        for ei, name, hps, schedule in resolved:
             run_loop = loop if schedule is None else {**loop, "schedule": schedule.model_dump()}
-            for hp, extra in hps:
+            for hi, (hp, extra) in enumerate(hps):
                 for bs in sw.batch_sizes:
                     for frac in sw.train_fractions:
                         n = None if n_train is None else int(n_train * frac)
@@ -233,21 +217,94 @@ def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunS
                             )
                         for steps in sw.steps or (cfg.train.steps,):
                             for seed in sw.seeds:
-                                specs.append(
-                                    RunSpec(
-                                        replace(data, train_fraction=frac),
-                                        m.name,
-                                        dict(m.kwargs),
-                                        name,
-                                        hp,
-                                        bs,
-                                        steps,
-                                        seed,
-                                        run_loop,
-                                        probe,
-                                        extra=extra,
-                                    )
+                                spec = RunSpec(
+                                    replace(data, train_fraction=frac),
+                                    m.name,
+                                    dict(m.kwargs),
+                                    name,
+                                    hp,
+                                    bs,
+                                    steps,
+                                    seed,
+                                    run_loop,
+                                    probe,
+                                    extra=extra,
                                 )
+                                yield (mi, ei, hi, bs, frac, steps), spec
+
+
+def searches(cfg: Config, data: DataSpec, n_train: int | None = None) -> list:
+    """The adaptive (``tpe``) searches of the sweep: one :class:`~sgdlab.optbench.tpe.SearchUnit` per entry x
+    model x batch size x train fraction x steps x search study, holding one template spec per sweep seed
+    (a trial trains every seed and scores their mean). Validated here, before any training: the space keys
+    against the optimizer, the objective against the data split, no scaling-rule variants."""
+    from sgdlab.optbench import search
+    from sgdlab.optbench.tpe import SearchUnit
+    from sgdlab.optim import OptimizerConfigError, resolve_hparams
+
+    sw = cfg.sweep
+    for i, m in enumerate(sw.models):
+        _check_model(i, m)
+    resolved = []
+    for i, opt in enumerate(sw.optimizers):
+        if opt.search is None or opt.search.kind != "tpe":
+            continue
+        where = f"params.yaml: sweep.optimizers[{i}] ({opt.name})"
+        if sw.variants:
+            raise SweepError(
+                f"{where}: search.kind tpe: sweep.variants do not apply to adaptive searches (a variant "
+                "transforms a run fixed in advance); run the variants in a study of their own"
+            )
+        if opt.search.objective.metric.startswith("val/") and cfg.data.val_fraction == 0:
+            raise SweepError(
+                f"{where}: search.objective.metric = {opt.search.objective.metric!r} needs a validation part: "
+                "set data.val_fraction > 0 (e.g. 0.1), or use a train/ metric"
+            )
+        try:
+            base = resolve_hparams(opt.name, {**opt.hparams, "lr": opt.lrs[0]})
+            mid = {k: (p.low * p.high) ** 0.5 if p.log else (p.low + p.high) / 2 for k, p in opt.search.space.items()}
+            resolve_hparams(opt.name, search.apply(mid, base))  # the space's keys exist and take its values
+        except KeyError as exc:
+            raise SweepError(f"{where}: search.space: {exc.args[0]}") from None
+        except (OptimizerConfigError, ValueError) as exc:
+            raise SweepError(f"{where}: {exc}") from None
+        resolved.append((i, opt.name, [(base, {})], opt.schedule))
+    groups: dict[tuple, list[RunSpec]] = {}
+    for group, spec in _grid(cfg, data, n_train, resolved):
+        groups.setdefault(group, []).append(spec)
+    out = []
+    for (_, ei, *_), templates in groups.items():
+        t = templates[0]
+        _check_loop(cfg, t.loop, t.batch_size, t.steps)
+        sc = sw.optimizers[ei].search
+        for s in range(sc.studies):
+            out.append(SearchUnit(ei, s, sc, tuple(templates)))
+    return out
+
+
+def expand(cfg: Config, data: DataSpec, n_train: int | None = None) -> list[RunSpec]:
+    """The sweep's run specs, validated (see module docstring); ``n_train`` enables the batch-size check."""
+    from sgdlab.optim import OptimizerConfigError, resolve_hparams
+
+    sw = cfg.sweep
+    for i, m in enumerate(sw.models):
+        _check_model(i, m)
+    resolved: list[tuple[int, str, list[tuple[dict, dict]], Any]] = []
+    for i, opt in enumerate(sw.optimizers):
+        hps: list[tuple[dict, dict]] = []  # (resolved hparams, spec.extra)
+        where = f"params.yaml: sweep.optimizers[{i}] ({opt.name})"
+        if opt.search is None:
+            for lr in opt.lrs:
+                try:
+                    hps.append((resolve_hparams(opt.name, {**opt.hparams, "lr": lr}), {}))
+                except (OptimizerConfigError, ValueError) as exc:
+                    raise SweepError(f"{where}: {exc}") from None
+        elif opt.search.kind == "tpe":
+            continue  # adaptive: its trials are chosen while it runs (:func:`searches`)
+        else:
+            hps = _search_hparams(opt, where)
+        resolved.append((i, opt.name, hps, opt.schedule))
+    specs = [spec for _, spec in _grid(cfg, data, n_train, resolved)]
     base = list(specs)
     for v in sw.variants:
         for spec in base:

@@ -17,11 +17,12 @@ from sgdlab.study import Study
 def validate_config(cfg: Config, root: Path | str | None = None) -> Study:
     """Raise ConfigError (or SweepError, a ValueError) naming the key; return the study."""
     from sgdlab.phases.gan import gan_config
-    from sgdlab.sweep import expand
+    from sgdlab.sweep import expand, searches
 
     study = Study(cfg, root)
     d = cfg.data
     placeholder = DataSpec(cfg.train.dataset, "0" * 64, d.val_fraction, d.split_seed, d.probe_size)
     expand(cfg, placeholder, study.expected_n_train())
+    searches(cfg, placeholder, study.expected_n_train())
     gan_config(study)
     return study

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sgdlab import results, tracking
 from sgdlab.phases import Outcome, PhaseFailed, Plan, Unit
 from sgdlab.study import Study
-from sgdlab.sweep import RunSpec, expand
+from sgdlab.sweep import RunSpec, expand, searches
 
 
 def plan(study: Study) -> Plan:
@@ -28,9 +28,12 @@ def plan(study: Study) -> Plan:
             label = f"population of {len(g)}: {g[0].label.split(' lr=')[0]} ({', '.join(s.label for s in g)})"
             units.append(Unit(label[:300], {"specs": [s.to_dict() for s in g]}))
     n_pop = sum(len(g) for g in groups if len(g) > 1)  # the progress lines name each population
+    tpe = searches(study.cfg, data, study.n_train(data))  # adaptive: one sequential unit per search study
+    units += [Unit(u.label, {"search": u.to_payload()}) for u in tpe]
+    n_tpe = sum(u.search.trials * len(u.templates) for u in tpe)
     return Plan(
         units,
-        params={**params, "n_runs": len(specs), "n_population_runs": n_pop},
+        params={**params, "n_runs": len(specs) + n_tpe, "n_population_runs": n_pop, "n_tpe_searches": len(tpe)},
         data_hash=data.data_hash,
     )
 
@@ -68,6 +71,13 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
     from sgdlab.probing import sharpness_hook_factory
     from sgdlab.runner import execute_population, execute_run
 
+    if "search" in payload:
+        from sgdlab.optbench.tpe import SearchUnit, run_search
+
+        su = SearchUnit.from_payload(payload["search"])
+        hooks = sharpness_hook_factory(su.templates[0].probe)
+        rows = run_search(su, study.models_dir, lambda spec: execute_run(study, spec, ctx, on_step_factory=hooks))
+        return {"members": rows, "status": _population_status(rows)}
     if "specs" in payload:
         specs = [RunSpec.from_dict(d) for d in payload["specs"]]
         rows = execute_population(study, specs, ctx, on_step_factory=sharpness_hook_factory(specs[0].probe))
@@ -85,6 +95,9 @@ def _population_status(rows: list[dict]) -> str:
 def _runs(outcomes: list[Outcome]):
     """(spec, row or None, reason or None) for every run key, population members included."""
     for o in outcomes:
+        if "search" in o.unit.payload:
+            yield from _search_runs(o)
+            continue
         dicts = o.unit.payload["specs"] if "specs" in o.unit.payload else [o.unit.payload["spec"]]
         specs = [RunSpec.from_dict(d) for d in dicts]
         if o.error is not None:
@@ -95,6 +108,26 @@ def _runs(outcomes: list[Outcome]):
                 yield (spec, None, row["error"]) if "error" in row else (spec, row, None)
         else:
             yield specs[0], o.value, None
+
+
+def _search_runs(o: Outcome):
+    """A TPE study's runs: the trials' specs are known only from what ran (a failed run's spec from the
+    template with the trial's key); a study that raised as a whole is one failed line for its template."""
+    from dataclasses import replace
+
+    from sgdlab.optbench.tpe import SearchUnit
+
+    su = SearchUnit.from_payload(o.unit.payload["search"])
+    if o.error is not None:
+        t = su.templates[0]
+        meta = {"kind": "tpe", "seed": su.search.seed, "study": su.study_index, "trial": -1, "id": su.search_id}
+        yield replace(t, extra={**t.extra, "search": meta}), None, f"{type(o.error).__name__}: {o.error}"
+        return
+    for row in o.value["members"]:
+        if "error" in row:
+            yield RunSpec.from_dict(row["spec"]), None, row["error"]
+        else:
+            yield None, row, None
 
 
 def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict:
