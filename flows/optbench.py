@@ -158,6 +158,53 @@ def _write(summary: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+@flow(name="optbench-calibrate")
+def calibrate_flow(scale: str = "quick", overrides: tuple[str, ...] = (), bench_path: str | None = None) -> dict:
+    """Propose each workload's target from a calibration search: the benchmark's tuning studies with seeds
+    ``protocol.seed + 1000 + s`` (never those of the scored trials), in studies ``<bench>-<workload>-calibration``
+    of the MLflow experiment ``<bench>-calibration``; the rule is :func:`sgdlab.optbench.protocol.propose_target`.
+    Writes ``results/<bench>/calibration.json``; the targets are then fixed in the benchmark file by hand."""
+    from dataclasses import replace
+
+    from sgdlab.study import Study
+
+    bench = P.load_bench(scale, Path(bench_path) if bench_path else None)
+    p = bench.protocol
+    cal = replace(bench, protocol=p.model_copy(update={"seed": p.seed + P.CALIBRATION_SEED_OFFSET}))
+    cfgs = {}
+    for w in cal.workloads:
+        extra = (f"study.name={cal.study_name(w, 'tune')}-calibration", f"tracking.experiment={cal.name}-calibration")
+        cfgs[w] = P.workload_config(cal, w, "tune", overrides=(*overrides, *extra))
+        validate_config(cfgs[w])
+    out: dict = {"scale": scale, "file": str(bench.path), "seed": cal.protocol.seed, "workloads": {}}
+    for w, cfg in cfgs.items():
+        t0 = time.perf_counter()
+        target = bench.target(w)
+        run_phase(cfg, "prepare")
+        run_phase(cfg, "sweep")
+        rows, curves = _gather(cfg, (target.metric,))
+        prop = P.propose_target(target.metric, cfg.train.steps, rows, {k: c[target.metric] for k, c in curves.items()})
+        out["workloads"][w] = {"metric": target.metric, "current": target.value, **prop}
+        print(
+            f"optbench calibrate: {w}: proposed {target.metric} target {prop['value']:g} (file has {target.value:g}); "
+            f"{len(rows)} trials in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+    path = Study(cfgs[cal.workloads[0]]).results_dir.parent / bench.name / "calibration.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(out), indent=1))
+    out["path"] = str(path)
+    return out
+
+
+def run_calibration(scale: str = "quick", overrides: tuple[str, ...] = (), bench_path: str | None = None) -> dict:
+    from sgdlab.config import OrchestrationConfig
+
+    return calibrate_flow.with_options(task_runner=make_task_runner(OrchestrationConfig()))(
+        scale, tuple(overrides), bench_path
+    )
+
+
 def run_optbench(scale: str = "quick", overrides: tuple[str, ...] = (), bench_path: str | None = None) -> dict:
     from sgdlab.config import OrchestrationConfig
 

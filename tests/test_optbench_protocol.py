@@ -208,3 +208,39 @@ def test_report_and_figure_from_a_summary(bench, tmp_path):
     assert [(r["optimizer"], r["ratio_steps"]) for r in rows] == [("sgd", 1.0), ("adam", math.inf)]
     png = report.figure(summary, Path(tmp_path) / "p.png")
     assert png.stat().st_size > 10_000
+
+
+def test_the_shipped_benchmark_file_loads_at_every_scale_and_its_configs_validate():
+    from sgdlab.validate import validate_config
+
+    for scale in P.SCALES:
+        b = P.load_bench(scale)  # benchmarks/optimizers.yaml
+        assert len(b.optimizers) >= 6 and len(b.workloads) >= 3
+        for w in b.workloads:
+            validate_config(P.workload_config(b, w, "tune"))
+            assert b.target(w).note  # every target says where its value comes from
+
+
+def test_propose_target_is_the_median_optimizers_best_within_three_quarters_of_the_budget():
+    curves = {
+        # budget 100 steps: only steps <= 75 count
+        "a1": [(25, 0.70), (50, 0.82), (75, 0.86), (100, 0.95)],  # a: best trial 0.86 (0.95 comes too late)
+        "a2": [(25, 0.60), (75, 0.80)],
+        "b1": [(25, 0.50), (75, 0.78), (100, 0.79)],  # b: 0.78
+        "c1": [(25, float("nan")), (50, 0.40)],  # c: 0.40 (non-finite values skipped)
+        "d1": [(100, 0.99)],  # d: nothing within 75 steps -> -inf
+    }
+    rows = [{"run_key": k, "optimizer": k[0]} for k in curves]
+    out = P.propose_target("val/acc", 100, rows, curves)
+    assert out["per_optimizer"] == {"a": 0.86, "b": 0.78, "c": 0.40, "d": -math.inf}
+    # ranked best first 0.86, 0.78, 0.40, -inf: an even count takes the worse middle one (0.40), floored to 0.005
+    assert out["value"] == pytest.approx(0.40)
+    out3 = P.propose_target("val/acc", 100, rows[:4], curves)  # a, a, b, c: the median of three is b's 0.78
+    assert out3["value"] == pytest.approx(0.78)
+    loss = {"x": [(10, 0.333), (80, 0.1)], "y": [(10, 0.5)], "z": [(70, 0.2012)]}
+    out_l = P.propose_target("val/loss", 100, [{"run_key": k, "optimizer": k} for k in loss], loss)
+    # x's 0.1 comes at step 80 (> 75): x 0.333, y 0.5, z 0.2012 -> median 0.333, rounded up (easier) to 0.335
+    assert out_l["per_optimizer"] == {"x": 0.333, "y": 0.5, "z": 0.2012}
+    assert out_l["value"] == pytest.approx(0.335)
+    with pytest.raises(P.BenchError, match="median optimizer never has a finite val/acc"):
+        P.propose_target("val/acc", 100, [{"run_key": "d1", "optimizer": "d"}], curves)

@@ -617,6 +617,9 @@ def bench_optimizers(
     bench_file: Optional[Path] = typer.Option(
         None, "--file", help="benchmark file (default benchmarks/optimizers.yaml)"
     ),
+    calibrate: bool = typer.Option(
+        False, "--calibrate", help="propose the workloads' targets from a calibration search (other seeds)"
+    ),
 ) -> None:
     """The optimizer benchmark: every optimizer tuned with the same budget on every workload (S studies x T
     trials), the chosen settings re-run over fresh seeds, scored by time to the fixed validation target
@@ -632,8 +635,19 @@ def bench_optimizers(
     except (BenchError, ConfigError, ValueError) as exc:
         typer.secho(f"benchmark error:\n{exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    from flows.optbench import run_optbench
+    from flows.optbench import run_calibration, run_optbench
     from sgdlab.data import DataFileError, SourceError
+
+    if calibrate:
+        typer.echo(f"sgdlab bench-optimizers --calibrate (scale {scale}): the tuning studies on calibration seeds")
+        try:
+            cal = run_calibration(scale, tuple(set_ or []), str(bench_file) if bench_file else None)
+        except (SourceError, DataFileError, FileNotFoundError, ValueError) as exc:
+            _fail(exc)
+        for w, c in cal["workloads"].items():
+            typer.echo(f"  {w:16s} {c['metric']} target {c['value']:g} (file: {c['current']:g})  [{c['rule']}]")
+        typer.echo(f"calibration: {cal['path']}; fix the values in the benchmark file (workloads.<w>.target)")
+        return
 
     typer.echo(
         f"sgdlab bench-optimizers (scale {scale}): {len(bench.optimizers)} optimizers x {len(bench.workloads)} "

@@ -449,3 +449,51 @@ def curvature(rows: Sequence[Mapping[str, Any]], curves: Mapping[str, Mapping[st
             else {"kind": None, "max_ratio": None, "last_ratio": None}
         )
     return out
+
+
+# ------------------------------------------------------------------------------------------ calibration
+CALIBRATION_SEED_OFFSET = 1000  # calibration studies use protocol.seed + 1000 + s: never a scored trial's seed
+CALIBRATION_FRACTION = 0.75  # the target is reached within this fraction of the step budget
+
+
+def best_within(curve: Curve, max_step: float, minimize: bool) -> float:
+    """The best value of ``curve`` at steps ``<= max_step`` (``inf``/``-inf`` if none, or all non-finite)."""
+    vals = [float(v) for s, v in curve if s <= max_step and math.isfinite(float(v))]
+    if not vals:
+        return math.inf if minimize else -math.inf
+    return min(vals) if minimize else max(vals)
+
+
+def propose_target(
+    metric: str,
+    budget: int,
+    rows: Sequence[Mapping[str, Any]],
+    curves: Mapping[str, Curve],
+    fraction: float = CALIBRATION_FRACTION,
+    grain: float = 0.005,
+) -> dict[str, Any]:
+    """A workload's target from a calibration search (disjoint seeds from the scored one): per optimizer the
+    best ``metric`` any of its trials reaches within ``fraction`` of the ``budget`` steps; the target is the
+    median over optimizers (for an even count the worse of the two middle ones), rounded
+    to ``grain`` towards easier. So a well-tuned median optimizer reaches it with a quarter of the budget to
+    spare, the best ones faster, the worst ones not at all: a target that separates optimizers.
+
+    Returns ``{"value", "per_optimizer": {opt: best}, "rule"}``."""
+    minimize = metric.endswith("loss")
+    best: dict[str, float] = {}
+    for r in rows:
+        v = best_within(curves.get(r["run_key"], ()), fraction * budget, minimize)
+        o = r["optimizer"]
+        best[o] = v if o not in best else (min(best[o], v) if minimize else max(best[o], v))
+    if not best:
+        raise BenchError("calibration: no runs to derive a target from")
+    ranked = sorted(best.values(), reverse=not minimize)  # best first
+    med = ranked[(len(ranked) - 1) // 2 if len(ranked) % 2 else len(ranked) // 2]
+    if not math.isfinite(med):
+        raise BenchError(f"calibration: the median optimizer never has a finite {metric} within the budget")
+    value = (math.ceil(med / grain) if minimize else math.floor(med / grain)) * grain
+    rule = (
+        f"median over {len(best)} optimizers of the best {metric} within {fraction:.0%} of {budget} steps "
+        f"(calibration seeds), rounded to {grain:g}"
+    )
+    return {"value": round(value, 6), "per_optimizer": best, "rule": rule}
