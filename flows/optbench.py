@@ -90,7 +90,7 @@ def optbench_flow(scale: str = "quick", overrides: tuple[str, ...] = (), bench_p
                 rows, curves = _gather(cfg, keys)
                 seeds[w] = P.seed_summary(target, rows, {k: c[target.metric] for k, c in curves.items()})
                 curv[w] = P.curvature(rows, curves)
-                titles[w] = bench.file.workloads[w].title
+                titles[w] = (bench.file.workloads[w].title, tune_cfgs[w].train.steps)
                 timings[f"{w}/seeds"] = time.perf_counter() - t0
                 print(f"optbench: {w}: {len(rows)} seed runs in {timings[f'{w}/seeds']:.0f} s", flush=True)
             summary = _summary(bench, tuning, seeds, curv, titles)
@@ -122,7 +122,8 @@ def _summary(bench, tuning, seeds, curv, titles) -> dict:
         "wall": P.scores(bench, tuning, "wall"),
         "workloads": {
             w: {
-                "title": titles[w],
+                "title": titles[w][0],
+                "budget_steps": titles[w][1],
                 "target": r.target.model_dump(),
                 "study_times": r.study_times,
                 "times": r.times,

@@ -95,7 +95,9 @@ def markdown(summary: dict) -> str:
             "",
             f"## {w}: {ws['title']}",
             "",
-            f"Target: {t['metric']} {rel} {t['value']:g}" + (f" ({t['note']})" if t.get("note") else ""),
+            f"Target: {t['metric']} {rel} {t['value']:g}"
+            + (f" ({t['note']})" if t.get("note") else "")
+            + (f"; step budget {ws['budget_steps']}" if ws.get("budget_steps") else ""),
             "",
             "| optimizer | steps to target (median of studies) | per study | ratio | trials reached | chosen "
             "| seeds reached | seed steps to target, mean [95% CI] | seed final "
@@ -153,11 +155,14 @@ def figure(summary: dict, path: Path) -> Path:
         for o in opts
         if math.isfinite(summary["workloads"][w]["times"][o]["steps"])
     ]
-    ceiling = max(finite) * 1.6 if finite else 1.0
+    fallback = max(finite) * 1.6 if finite else 1.0  # summaries written before budgets were recorded
+    budgets = [summary["workloads"][w].get("budget_steps") or fallback for w in workloads]
+    for j, budget in enumerate(budgets):  # a not-reached bar stands at its workload's step budget
+        b.hlines(budget, j - 0.45, j + 0.45, colors="0.3", linestyles="--", lw=1)
     for i, o in enumerate(opts):
         xs = np.arange(len(workloads)) + (i - (len(opts) - 1) / 2) * width
         ys = [summary["workloads"][w]["times"][o]["steps"] for w in workloads]
-        shown = [y if math.isfinite(y) else ceiling for y in ys]
+        shown = [y if math.isfinite(y) else budgets[j] for j, y in enumerate(ys)]
         bars = b.bar(xs, shown, width=width, color=cmap(i % 10), label=o)
         for bar, y in zip(bars, ys):
             if not math.isfinite(y):
@@ -166,7 +171,7 @@ def figure(summary: dict, path: Path) -> Path:
     b.set_xticks(np.arange(len(workloads)), workloads, fontsize=8)
     b.set_yscale("log")
     b.set_ylabel("steps to validation target (median over studies)")
-    b.set_xlabel("workload (hatched: target not reached)")
+    b.set_xlabel("workload (dashed: step budget; hatched: target not reached within it)")
     b.set_title("Steps to target")
     fig.suptitle(f"{summary['title']} ({summary['scale']})", fontsize=10)
     fig.tight_layout()
