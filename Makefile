@@ -14,7 +14,7 @@ run: setup ## set up, then run the default study end to end on the embedded defa
 	sgdlab run
 
 test: setup ## set up, then run the default test suite (no slow/GPU tests; the browser test needs chromium)
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-slow: setup ## the slow tests (minutes)
 	$(PY) -m pytest -m "slow" -q
