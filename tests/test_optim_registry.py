@@ -27,6 +27,7 @@ FAMILIES = {
     "orthogonalized",
     "zeroth-order",
     "weight-prediction",
+    "private",
 }
 REQUIRED = {
     "sgd",
@@ -74,7 +75,7 @@ def test_required_names_registered():
 @pytest.mark.parametrize("spec", list_specs(), ids=lambda s: s.name)
 def test_spec_is_complete(spec: OptimizerSpec):
     assert spec.family in FAMILIES
-    assert spec.source in {"torch.optim", "pytorch_optimizer", "sgdlab"}
+    assert spec.source in {"torch.optim", "pytorch_optimizer", "opacus", "sgdlab"}
     assert spec.summary and spec.paper
     names = [h.name for h in spec.hparams]
     assert names[0] == "lr" and len(set(names)) == len(names)

@@ -122,11 +122,23 @@ def test_svag_adam_form():
     assert rms.steps == 90
 
 
+def test_svag_momentum_form():
+    out = svag(S("momentum", {"lr": 0.04, "momentum": 0.9}, batch=32, steps=100), 2)
+    assert (out.optimizer, out.batch_size, out.steps) == ("svag_momentum", 32, 200)  # steps x l
+    assert out.hparams == {"lr": 0.04, "momentum": 0.9, "l": 2.0, "weight_decay": 0.0}
+    w = nn.Parameter(torch.zeros(2))
+    g = build_optimizer(out.optimizer, [("w", w)], out.hparams).param_groups[0]
+    # effective: lr / l^2, 1 - mu -> (1 - mu) / l; so eta = lr / (1 - mu) is halved, as SGD's lr under SVAG
+    assert g["lr"] == pytest.approx(0.01) and g["momentum"] == pytest.approx(0.95)
+    assert g["lr"] / (1 - g["momentum"]) == pytest.approx(0.04 / 0.1 / 2)
+
+
 @pytest.mark.parametrize(
     ("setting", "l", "pattern"),
     [
         (S("sgd"), 0.5, r"l = 0.5 must be >= 1"),
-        (S("momentum"), 2, r"svag does not apply to optimizer 'momentum'"),
+        (S("nesterov"), 2, r"svag does not apply to optimizer 'nesterov'"),
+        (S("momentum", {"dampening": 0.1}), 2, r"dampening = 0.1 is outside the heavy-ball rule"),
         (S("rmsprop"), 2, r"svag does not apply to optimizer 'rmsprop'"),
         (S("sgd", steps=3), 1.5, r"steps \* l = 4.5 is not an integer"),
     ],

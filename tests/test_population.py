@@ -189,6 +189,8 @@ def _closure_calls(name: str) -> list[tuple[int, bool]]:
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
     hp = resolve_hparams(name, {"lr": 0.01, **EXTRA.get(name, {})})
     opt = build_optimizer(name, m.named_parameters(), hp)
+    if get_spec(name).per_sample_grads:  # DP-SGD records per-sample gradients with hooks on m
+        opt.attach(m)
     if get_spec(name).train_eval:
         opt.train()
     w0 = [p.detach().clone() for p in m.parameters()]

@@ -31,6 +31,13 @@ RESUME_CASES = [
     # the checkpoint (step 6) falls in the annealing phase [3, 8): it carries m and the step count
     ("zo_adamu", {"lr": 0.01, "t1": 3, "t2": 8, "t3": 13, "anneal": "continuous"}),
     ("zo_adamu", {"lr": 0.01, "t1": 3, "t2": 8, "t3": 9}),
+    # the checkpoint carries the Hutchinson diagonal and the probe generator / the Adam moment and the slack
+    ("psps", {"init_probes": 4, "gamma_max": 1.0}),
+    ("psps", {"precond": "adam", "slack": "l2", "gamma_max": 1.0}),
+    ("gam_sam", {"lr": 0.05, "sam_rho": 0.05, "rho": 0.05}),
+    ("svag_momentum", {"lr": 0.05, "l": 2.0}),
+    # the checkpoint carries the noise generator and the accountant's history: same noise, same dp/epsilon
+    ("dp_sgd", {"lr": 0.1, "momentum": 0.5, "max_grad_norm": 0.5, "noise_multiplier": 1.0}),
 ]
 
 

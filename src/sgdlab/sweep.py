@@ -86,7 +86,10 @@ def _variant(spec: RunSpec, v: VariantConfig) -> RunSpec | None:
     rules = {
         "linear": (scaling.linear_scaling, scaling.LINEAR_OPTIMIZERS),
         "sqrt": (scaling.sqrt_scaling, scaling.SQRT_OPTIMIZERS),
-        "svag": (scaling.svag, scaling.SVAG_SGD_OPTIMIZERS + scaling.SVAG_ADAM_OPTIMIZERS),
+        "svag": (
+            scaling.svag,
+            scaling.SVAG_SGD_OPTIMIZERS + scaling.SVAG_MOMENTUM_OPTIMIZERS + scaling.SVAG_ADAM_OPTIMIZERS,
+        ),
         "batch_only": (scaling.batch_only, None),  # baselines: every optimizer
         "linear_lr": (scaling.linear_lr, None),
     }

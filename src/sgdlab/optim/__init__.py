@@ -4,10 +4,10 @@
 >>> spec = get_spec("adam"); spec.source
 'torch.optim'
 
-Importing this package registers every family (torch.optim, pytorch_optimizer, own code).
+Importing this package registers every family (torch.optim, pytorch_optimizer, opacus, own code).
 """
 
-from . import own, specs_external, specs_torch  # noqa: F401  (importing registers every family)
+from . import own, specs_external, specs_opacus, specs_torch  # noqa: F401  (importing registers every family)
 from .registry import (
     HParam,
     OptimizerConfigError,

@@ -147,6 +147,11 @@ class OptimizerSpec:
     ``create_graph``: the closure must call ``backward(create_graph=True)`` (AdaHessian).
     ``train_eval``: call ``opt.train()`` before training steps and ``opt.eval()`` before any
     evaluation or checkpoint evaluation (schedule-free methods).
+    ``per_sample_grads``: ``step`` needs the per-sample gradients of the minibatch (DP-SGD's clipping),
+    recorded by hooks on the model's layers. Whoever builds it from a model calls
+    ``optimizer.attach(model, batch_size=..., n_train=...)`` before the first step and ``detach()`` after
+    (the training loop does; ``attach(model)`` alone suffices for unit tests). Its ``step(closure)`` records
+    them only while it runs the closure, so evaluations and probes see the plain model.
     """
 
     name: str
@@ -158,6 +163,7 @@ class OptimizerSpec:
     batches_per_step: Callable[[Mapping], int] | int = 1
     create_graph: bool = False
     train_eval: bool = False
+    per_sample_grads: bool = False
 
     def hparam(self, key: str) -> HParam:
         for h in self.hparams:
@@ -176,7 +182,7 @@ Factory = Callable[[list[tuple[str, nn.Parameter]], dict], torch.optim.Optimizer
 Validator = Callable[[dict], None]
 
 _REGISTRY: dict[str, tuple[OptimizerSpec, Factory, Validator | None]] = {}
-_SOURCES = ("torch.optim", "pytorch_optimizer", "sgdlab")
+_SOURCES = ("torch.optim", "pytorch_optimizer", "opacus", "sgdlab")
 
 
 def register(spec: OptimizerSpec, factory: Factory, validator: Validator | None = None) -> None:

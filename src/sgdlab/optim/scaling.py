@@ -36,6 +36,7 @@ __all__ = [
     "LINEAR_OPTIMIZERS",
     "SQRT_OPTIMIZERS",
     "SVAG_ADAM_OPTIMIZERS",
+    "SVAG_MOMENTUM_OPTIMIZERS",
     "SVAG_SGD_OPTIMIZERS",
     "OptimSetting",
     "ScalingError",
@@ -219,6 +220,7 @@ def sqrt_scaling(s: OptimSetting, kappa) -> OptimSetting:
 
 # ---- SVAG --------------------------------------------------------------------------------------
 SVAG_SGD_OPTIMIZERS = ("sgd",)
+SVAG_MOMENTUM_OPTIMIZERS = ("momentum",)  # heavy ball: svag_momentum (own/svag.py, derived there)
 SVAG_ADAM_OPTIMIZERS = ("adam", "rmsprop_bc")
 
 
@@ -226,6 +228,8 @@ def svag(s: OptimSetting, l) -> OptimSetting:  # noqa: E741 (the paper's symbol)
     """SVAG setting with variance amplification ``l >= 1``; batch size unchanged.
 
     sgd -> "svag" {lr (base), l, weight_decay}, steps x l.
+    momentum (heavy ball, no dampening or Nesterov) -> "svag_momentum" {lr, momentum (base), l, weight_decay},
+    steps x l (effective lr / l^2 and 1 - mu -> (1 - mu) / l in torch terms: eta = lr / (1 - mu) over l).
     adam / rmsprop_bc -> "svag_adam" {lr, betas, eps (all base), l, weight_decay}, steps x l^2
     (rmsprop_bc becomes betas = (0, beta2)).
     """
@@ -233,12 +237,19 @@ def svag(s: OptimSetting, l) -> OptimSetting:  # noqa: E741 (the paper's symbol)
     lq = _q(l)
     if lq < 1:
         raise ScalingError(f"{rule}: l = {l!r} must be >= 1")
-    h = _check_opt(s, SVAG_SGD_OPTIMIZERS + SVAG_ADAM_OPTIMIZERS, rule)
+    h = _check_opt(s, SVAG_SGD_OPTIMIZERS + SVAG_MOMENTUM_OPTIMIZERS + SVAG_ADAM_OPTIMIZERS, rule)
     l_out = float(lq)
     if s.optimizer == "sgd":
         steps = _int(s.steps * lq, "steps * l", rule)
         new = {"lr": h["lr"], "l": l_out, "weight_decay": h["weight_decay"]}
         return replace(s, optimizer="svag", hparams=new, steps=steps)
+    if s.optimizer == "momentum":
+        for key, plain in (("dampening", 0.0), ("nesterov", False)):
+            if h.get(key, plain) != plain:
+                raise ScalingError(f"{rule}: {key} = {h[key]!r} is outside the heavy-ball rule (needs {plain!r})")
+        steps = _int(s.steps * lq, "steps * l", rule)
+        new = {"lr": h["lr"], "momentum": h["momentum"], "l": l_out, "weight_decay": h["weight_decay"]}
+        return replace(s, optimizer="svag_momentum", hparams=new, steps=steps)
     if s.optimizer == "adam" and h["amsgrad"]:
         raise ScalingError(f"{rule}: amsgrad = True is outside the rule")
     steps = _int(s.steps * lq * lq, "steps * l^2", rule)

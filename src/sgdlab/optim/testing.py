@@ -59,6 +59,10 @@ TEST_HPARAMS: dict[str, dict] = {
     "xgrad_adam": {"lr": 0.05},
     "xgrad_adamw": {"lr": 0.05, "weight_decay": 0.0},
     "onebit_adam": {"lr": 0.005, "workers": 2, "warmup_steps": 5},  # 25 of the 30 steps compressed
+    "dp_sgd": {"lr": 0.5, "max_grad_norm": 1.0, "noise_multiplier": 0.5},  # noise std sigma C / B = 0.016
+    "psps": {"init_probes": 10},
+    "gam_sam": {"lr": 0.05, "rho": 0.02, "sam_rho": 0.02, "fd_radius": 0.01},
+    "svag_momentum": {"lr": 0.05, "l": 2.0},
 }
 OPTIMIZERS_UNDER_TEST: tuple[str, ...] = tuple(TEST_HPARAMS)
 
@@ -147,5 +151,9 @@ def _closure(optimizer, loss_fn, draws: list[int], create_graph: bool):
 
 
 def build(name: str, model: nn.Module, **overrides) -> torch.optim.Optimizer:
-    """``build_optimizer`` with the small-problem hparams."""
-    return build_optimizer(name, model.named_parameters(), hparams_for(name, **overrides))
+    """``build_optimizer`` with the small-problem hparams; per-sample-gradient families (DP-SGD) get the
+    model attached (no batch size: the step divides by the minibatch's size, no privacy accounting)."""
+    opt = build_optimizer(name, model.named_parameters(), hparams_for(name, **overrides))
+    if get_spec(name).per_sample_grads:
+        opt.attach(model)
+    return opt

@@ -70,8 +70,12 @@ def train(
     ``metric_sink(metrics, step)`` receives ``train/loss``, ``train/acc`` (mean over the steps since
     the last log point), ``lr`` every ``log_every`` steps, ``test/loss``, ``test/acc`` at eval
     points, and at the end ``train_full/*`` (full training set, eval mode) with the final test
-    metrics. ``on_step(step, model, optimizer, lr)`` runs after every update (1-based step) inside a
-    forked global RNG; metrics it returns go to the sink at that step. With ``checkpoint_path``, a
+    metrics. An optimizer with ``eval_metrics()`` (DP-SGD: ``dp/epsilon``, ``dp/delta``) adds its metrics
+    at eval points and at the end (to ``TrainResult.metrics`` too, even without ``final_eval``); families
+    with ``spec.per_sample_grads`` get ``optimizer.attach(model, ...)`` before the first step and
+    ``detach()`` at the end (the model is returned without hooks). ``on_step(step, model, optimizer,
+    lr)`` runs after every update (1-based step) inside a forked global RNG; metrics it returns go to
+    the sink at that step. With ``checkpoint_path``, a
     checkpoint is written every ``checkpoint_every`` steps and at the end, and an existing one is
     resumed from (``resume=True``) bit-exactly; a sink with a ``flush()`` method is flushed before each
     checkpoint. A checkpoint that is corrupt or not a checkpoint is moved aside (``<name>.corrupt-<time>``,
@@ -112,6 +116,11 @@ def _prepare(model, optimizer_name, hparams, data, cfg, checkpoint_path, resume,
     for flag in ("amp_bf16", "compile"):
         if getattr(cfg, flag) and not use_cuda:
             warnings.warn(f"LoopConfig.{flag}=True is ignored on {device.type}", stacklevel=3)
+    if spec.per_sample_grads and cfg.compile:
+        raise ValueError(
+            f"optimizer {optimizer_name!r} records per-sample gradients with hooks on the model's layers; "
+            "LoopConfig.compile=True is not supported with it"
+        )
     xt, yt, xs, ys = (t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     if cfg.task == "classification":
         yt, ys = yt.long(), ys.long()
@@ -157,6 +166,8 @@ def _prepare(model, optimizer_name, hparams, data, cfg, checkpoint_path, resume,
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp_bf16 and use_cuda else None
     fwd = torch.compile(model) if cfg.compile and use_cuda else model
+    if spec.per_sample_grads:  # DP-SGD: checks the model (BatchNorm is refused), hooks live only inside step
+        optimizer.attach(model, batch_size=cfg.batch_size, n_train=xt.shape[0], seed=_derive_seed(cfg.seed, 2))
     run = _Run(
         model,
         fwd,
@@ -217,6 +228,7 @@ class _Run:
         self.win_hits: list[torch.Tensor] = []  # (n,) bool "argmax == label" restored from a ckpt
         self.win_start = 1  # step number of win_loss[0]
         self.perturb = getattr(optimizer, "perturb_targets", None)
+        self.eval_metrics = getattr(optimizer, "eval_metrics", None)  # DP-SGD: privacy spent so far
         self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.recorded: list[torch.Tensor | None] = [None] * bps
         self.train_mode = False  # schedule-free optimizers: is opt in train mode
@@ -372,6 +384,8 @@ class _Run:
             metrics.update(self._evaluate("test"))
             if cfg.eval_val:
                 metrics.update(self._evaluate("val"))
+            if self.eval_metrics is not None:
+                metrics.update(self.eval_metrics())
         if metrics and self.sink is not None:
             self.sink(metrics, step)
         if self.status == "diverged":
@@ -397,12 +411,18 @@ class _Run:
         if self.status == "finished":
             self.checkpoint_now()
         final: dict[str, float] = {}
+        logged: dict[str, float] = {}
         if cfg.final_eval:
             full = self._evaluate("train")
             final = {k.replace("train_full/", "train/"): v for k, v in full.items()}
             final.update(self._evaluate("test"))
-            if self.sink is not None:
-                self.sink({**full, **{k: v for k, v in final.items() if k.startswith("test/")}}, self.step)
+            logged = {**full, **{k: v for k, v in final.items() if k.startswith("test/")}}
+        if self.eval_metrics is not None:
+            extra = self.eval_metrics()
+            final.update(extra)
+            logged.update(extra)
+        if logged and self.sink is not None:
+            self.sink(logged, self.step)
         samples = (self.step - self.start_step) * self.bps * cfg.batch_size
         return {
             "status": self.status,
@@ -515,3 +535,5 @@ class _Run:
     def close(self) -> None:
         if self.progress is not None and hasattr(self.progress, "close"):
             self.progress.close()
+        if self.spec.per_sample_grads:
+            self.opt.detach()

@@ -53,6 +53,7 @@ POPULATION_FAMILIES = frozenset(
         "adafactor", "muon", "adabelief", "adabound", "adan", "apollo", "apollo_mini", "lamb", "lars", "lion",
         "label_noise_sgd", "normalized_gd", "psgd_kron", "sgd_sai", "shampoo", "sps", "svag", "svag_adam",
         "schedule_free_sgd", "schedule_free_adamw",
+        "svag_momentum",
     }
 )  # fmt: skip
 
@@ -66,6 +67,8 @@ TRAINED_ALONE = {
     "xgrad_adam": "XGrad takes each gradient at weights predicted from its state (from step 2 on)",
     "xgrad_adamw": "XGrad takes each gradient at weights predicted from its state (from step 2 on)",
     "onebit_adam": "1-bit Adam scales each tensor's compressed momentum by its norm and keeps per-worker errors",
+    "dp_sgd": "DP-SGD clips per-sample gradients, recorded by opacus' hooks on the model's own layers; the "
+    "population's vmapped backward gives each member only its minibatch-mean gradient",
 }
 
 

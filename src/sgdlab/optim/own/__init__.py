@@ -3,4 +3,4 @@
 Importing this package registers them (source "sgdlab").
 """
 
-from . import apollo, gam, label_noise, local_sgd, normalized_gd, onebit_adam, sps, svag, xgrad, zo  # noqa: F401
+from . import apollo, gam, label_noise, local_sgd, normalized_gd, onebit_adam, psps, sps, svag, xgrad, zo  # noqa: F401
