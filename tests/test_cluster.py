@@ -65,6 +65,8 @@ def _cfg(tmp_path: Path, **over) -> dict:
     return raw
 
 
+@pytest.mark.slow  # ~2 min on 2 cores; the default suite keeps the server (artifacts, bounded wait) and the
+# Dask GPU-resource tests below
 @needs_postgres
 def test_sweep_on_dask_workers_survives_a_worker_sigkill_and_a_tracking_server_restart(
     tmp_path, prefect_harness, prefect_api, tracking_server, monkeypatch
