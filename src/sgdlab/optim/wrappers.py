@@ -25,14 +25,11 @@ import numpy as np
 import pytorch_optimizer as po
 import torch
 
-_RNG_KEY = "sgdlab_rng"
+from .rngstate import CheckpointedGenerator
 
 
-class PrivateRNGMixin:
+class PrivateRNGMixin(CheckpointedGenerator):
     """Run the library ``step`` under a private, checkpointed RNG (see module docstring)."""
-
-    def _init_private_rng(self, seed: int) -> None:
-        self._private_rng = torch.Generator().manual_seed(int(seed))
 
     def _cuda_devices(self) -> list[int]:
         return sorted({p.device.index or 0 for g in self.param_groups for p in g["params"] if p.is_cuda})
@@ -43,7 +40,7 @@ class PrivateRNGMixin:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._private_rng))
+        seed = self._new_seed()
         np_state = np.random.get_state()
         with torch.random.fork_rng(devices=self._cuda_devices()):
             torch.manual_seed(seed)
@@ -54,25 +51,13 @@ class PrivateRNGMixin:
                 np.random.set_state(np_state)
         return loss
 
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd[_RNG_KEY] = self._private_rng.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        rng = state_dict.pop(_RNG_KEY, None)
-        super().load_state_dict(state_dict)
-        if rng is not None:
-            self._private_rng.set_state(rng)
-
 
 def seeded(cls: type) -> type:
     """Subclass of library optimizer ``cls`` taking ``seed=`` and using a private RNG."""
 
     def __init__(self, params, *, seed: int = 0, **kwargs):
         cls.__init__(self, params, **kwargs)
-        self._init_private_rng(seed)
+        self._init_rng(seed)
 
     return type(f"Seeded{cls.__name__}", (PrivateRNGMixin, cls), {"__init__": __init__})
 

@@ -70,9 +70,9 @@ import math
 import torch
 
 from ..registry import HParam, OptimizerSpec, register
+from ..rngstate import CheckpointedGenerator
 from .zo import spsa_directions
 
-_RNG_KEY = "psps_rng"
 PRECONDITIONERS = ("hutchinson", "adam", "adagrad", "none")
 SLACKS = ("none", "l1", "l2")
 
@@ -93,8 +93,10 @@ def psps_step_size(f: float, G: float, *, slack: str = "none", s: float = 0.0, l
     raise ValueError(f"psps: slack {slack!r} not in {SLACKS}")
 
 
-class PSPS(torch.optim.Optimizer):
+class PSPS(CheckpointedGenerator, torch.optim.Optimizer):
     """SGD with the preconditioned Polyak step (module docstring); needs the closure's loss."""
+
+    RNG_KEY = "psps_rng"  # the private generator in state_dict
 
     def __init__(
         self,
@@ -120,7 +122,7 @@ class PSPS(torch.optim.Optimizer):
         self.precond, self.slack_kind = precond, slack
         self.beta, self.alpha, self.init_probes = float(beta), float(alpha), int(init_probes)
         self.beta2, self.eps = float(beta2), float(eps)
-        self._rng = torch.Generator().manual_seed(int(seed))
+        self._init_rng(seed)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -132,9 +134,6 @@ class PSPS(torch.optim.Optimizer):
             dot = sum(torch.sum(g * z) for g, z in zip(grads, zs))
             hz = torch.autograd.grad(dot, params, retain_graph=True, allow_unused=True)
         return [z * (torch.zeros_like(z) if h is None else h.detach()) for z, h in zip(zs, hz)]
-
-    def _new_seed(self) -> int:
-        return int(torch.randint(0, 2**62, (1,), generator=self._rng))
 
     def _hutchinson(self, params, grads) -> list[torch.Tensor]:
         if not any(g.requires_grad for g in grads):
@@ -205,18 +204,6 @@ class PSPS(torch.optim.Optimizer):
                 if id(p) in by_param and gamma > 0:
                     p.sub_(by_param[id(p)], alpha=g["lr"] * gamma)
         return loss
-
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd[_RNG_KEY] = self._rng.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        rng = state_dict.pop(_RNG_KEY, None)
-        super().load_state_dict(state_dict)
-        if rng is not None:
-            self._rng.set_state(rng)
 
 
 register(

@@ -85,8 +85,7 @@ from collections.abc import Iterator
 import torch
 
 from ..registry import HParam, OptimizerConfigError, OptimizerSpec, register
-
-_RNG_KEY = "zo_rng"
+from ..rngstate import CheckpointedGenerator
 
 
 def _generators(params: list[torch.Tensor], seed: int) -> dict[torch.device, torch.Generator]:
@@ -122,21 +121,20 @@ def zo_adamu_anneal(t: int, t1: int, t2: int, t3: int, phi: float, rule: str = "
     return 0.5 + 0.5 * math.cos(math.pi * u / (t3 - u * phi * r))
 
 
-class _ZerothOrder(torch.optim.Optimizer):
+class _ZerothOrder(CheckpointedGenerator, torch.optim.Optimizer):
     """Shared parts: the private checkpointed RNG, step seeds, in-place perturbation, loss evaluation."""
+
+    RNG_KEY = "zo_rng"  # the private generator in state_dict
 
     def __init__(self, params, defaults: dict, *, eps: float, seed: int):
         super().__init__(params, defaults)
         self.eps = float(eps)
-        self._rng = torch.Generator().manual_seed(int(seed))
+        self._init_rng(seed)
         self.last_seeds: list[int] = []  # diagnostics of the last step (not checkpointed)
         self.last_projected_grads: list[float] = []
 
     def _pairs(self) -> list[tuple[dict, torch.Tensor]]:
         return [(g, p) for g in self.param_groups for p in g["params"]]
-
-    def _new_seed(self) -> int:
-        return int(torch.randint(0, 2**62, (1,), generator=self._rng))
 
     def _directions(self, seed: int) -> Iterator[torch.Tensor]:
         raise NotImplementedError
@@ -155,18 +153,6 @@ class _ZerothOrder(torch.optim.Optimizer):
         lm = closure(0, backward=False)
         self._perturb(seed, eps)
         return torch.as_tensor(lp).detach(), torch.as_tensor(lm).detach()
-
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd[_RNG_KEY] = self._rng.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        rng = state_dict.pop(_RNG_KEY, None)
-        super().load_state_dict(state_dict)
-        if rng is not None:
-            self._rng.set_state(rng)
 
 
 class ZOSGD(_ZerothOrder):
