@@ -1,5 +1,7 @@
 """`dvc repro` in a temporary clone: real git, real DVC, the real CLI as the stage command."""
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -134,6 +136,9 @@ def test_make_run_leaves_dvc_knowing_everything_then_a_profile_edit_is_seen(tmp_
     assert "dvc.lock: recorded prepare, sweep, probe, gan, predict, report" in run.stdout, run.stdout[-3000:]
     status = _run([BIN / "dvc", "status"], clone, env)
     assert "up to date" in status.stdout, status.stdout
+    scores = json.loads((clone / "results" / params["study"]["name"] / "scores.json").read_text())
+    # a 3-step GAN with frechet_steps: 0: no FD ratio, and never a pass (fail on calibration, or unknown)
+    assert math.isnan(scores["gate/fd_ratio"]) and scores["gate/passed"] != 1.0
     again = _run([BIN / "dvc", "repro"], clone, env)
     assert "Running stage" not in again.stdout, again.stdout
 

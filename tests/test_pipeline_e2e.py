@@ -77,7 +77,7 @@ def test_dvc_repro_runs_the_study_then_noop_then_partial_rerun(tmp_path, _mlflow
     ):
         assert (res / f).is_file(), f
     scores = json.loads((res / "scores.json").read_text())
-    assert {"gan/mae", "val/mae", "lambda_max/kendall_tau"} <= set(scores)
+    assert {"gan/mae", "val/mae", "lambda_max/kendall_tau", "gate/passed", "gate/fd_ratio"} <= set(scores)
     metrics = _run([BIN / "dvc", "metrics", "show"], clone, env).stdout
     assert "gan/mae" in metrics
 

@@ -223,7 +223,7 @@ def predict(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetO
 
     out = _phase(cfg, "predict")
     table = Table(title=f"predictors over {out['n_models']} classifiers")
-    for col in ("predictor", "kind", "scored against", "MAE (pp)", "Kendall tau", "Psi", "PGDL"):
+    for col in ("predictor", "kind", "scored against", "MAE (pp)", "Kendall tau", "Psi", "PGDL", "quality gate"):
         table.add_column(col)
 
     def f(v, scale=1.0):
@@ -238,8 +238,14 @@ def predict(params: Optional[Path] = ParamsOpt, set_: Optional[list[str]] = SetO
             f(s["kendall_tau"]),
             f(s["psi"]),
             f(s["pgdl"]),
+            (s["gate"] if s["gate"] == "pass" else f"{s['gate']}: {s['gate_note']}") if s.get("gate") else "-",
         )
     Console().print(table)
+    gate = out.get("gate")
+    if gate is not None:
+        typer.echo(f"GAN quality gate: {gate['verdict']} ({gate['criteria']})")
+        for r in gate["reasons"]:
+            typer.echo(f"  - {r}")
 
 
 @app.command()

@@ -175,7 +175,7 @@ PHASES: dict[str, Phase] = {
             "predict",
             "every predictor of test error and generalization measure, scored",
             ("study", "data", "train", "probe", "predict"),
-            ("prepare.processed", "sweep.models", "sweep.runs", "probe.probe", "gan.synthetic"),
+            ("prepare.processed", "sweep.models", "sweep.runs", "probe.probe", "gan.synthetic", "gan.meta"),
             "sgdlab.phases.predict",
             "sgdlab predict",
         ),

@@ -42,7 +42,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
 
     runs = study.finished_runs()
     if not runs:
-        return {"rows": [], "scores": []}
+        return {"rows": [], "scores": [], "gate": None}
     probe_path = study.path("probe", "probe")
     probe_rows = {r["run_key"]: r for r in results.read_table(probe_path)} if probe_path.is_file() else {}
     splits = study.load(replace(runs[0].spec.data, train_fraction=1.0))
@@ -59,7 +59,15 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
         flatness=study.cfg.predict.flatness.model_dump(),
         hessian={"subset_size": p.subset_size, "tol": p.tol, "trace_probes": p.trace_probes},
     )
-    return {"rows": rows, "scores": score_predictors(rows) if len(rows) >= 2 else []}
+    scores = score_predictors(rows) if len(rows) >= 2 else []
+    from sgdlab.generalization.gate import gan_quality_gate
+
+    meta_path = study.path("gan", "meta")
+    gate = gan_quality_gate(json.loads(meta_path.read_text()) if meta_path.is_file() else {}, rows)
+    for s in scores:  # the GAN predictor's scores carry its gate: never shown as trustworthy when it fails
+        if s["predictor"] == "gan":
+            s.update(gate=gate["verdict"], gate_note=gate["note"], gate_reasons="; ".join(gate["reasons"]))
+    return {"rows": rows, "scores": scores, "gate": gate}
 
 
 def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict:
@@ -74,6 +82,20 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
         for k in ("mae", "kendall_tau", "psi", "pgdl")
         if s.get(k) is not None
     }
+    gate = out.get("gate")
+    if gate is not None:  # the GAN quality gate (sgdlab.generalization.gate), numbers and verdict
+        metrics.update(
+            {
+                "gate/passed": {"pass": 1.0, "fail": 0.0}.get(gate["verdict"], float("nan")),
+                "gate/fd_ratio": gate["fd_ratio"],
+                "gate/err_gap_pp": gate["err_gap"] * 100,
+                "gate/fd_synthetic_vs_test": gate["fd_synthetic_vs_test"],
+                "gate/fd_synthetic_vs_train": gate["fd_synthetic_vs_train"],
+            }
+        )
+        tracking.set_tags(
+            run, {"gan_gate": gate["verdict"], "gan_gate_reasons": "; ".join(gate["reasons"])[:4000] or "-"}
+        )
     study.path("predict", "scores_json").write_text(json.dumps(metrics, indent=2))
     tracking.log_metrics(run, {f"predict/{k}": v for k, v in metrics.items()})
     for p in (pred_path, scores_path):
@@ -96,9 +118,20 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
                 "description": "Test-error predictors scored over the population of classifiers.",
             }
         )
+    if gate is not None:
+        artifacts.append(
+            {
+                "kind": "markdown",
+                "key": "gan-quality-gate",
+                "markdown": f"**GAN quality gate: {gate['verdict']}** ({gate['criteria']})"
+                + "".join(f"\n- {r}" for r in gate["reasons"]),
+                "description": "Whether the GAN predictor's numbers can be trusted at this sample quality.",
+            }
+        )
     return {
         "predictions": str(pred_path),
         "scores": out["scores"],
+        "gate": gate,
         "n_models": len(out["rows"]),
         "artifacts": artifacts,
     }

@@ -224,17 +224,41 @@ def scores_table(scores: list[dict[str, Any]]) -> Table:
                 f"{tau:+.3f}" if is_num(tau) else "–",
                 fmt(s.get("psi")),
                 fmt(s.get("pgdl")),
+                _gate_cell(s),
             )
         )
-        classes.append("warn" if is_num(tau) and tau < 0 else "")
+        untrusted = isinstance(s.get("gate"), str) and s["gate"] != "pass"
+        classes.append("warn" if (is_num(tau) and tau < 0) or untrusted else "")
     return Table(
         "Predictor scores",
-        ("predictor", "kind", "scored against", "MAE (pp)", "Kendall τ (signed)", "Ψ (granulated)", "PGDL"),
+        (
+            "predictor",
+            "kind",
+            "scored against",
+            "MAE (pp)",
+            "Kendall τ (signed)",
+            "Ψ (granulated)",
+            "PGDL",
+            "quality gate",
+        ),
         tuple(rows),
         "Predictors of test error are scored against the true test error (MAE in percentage points, "
         "Kendall τ, Ψ); generalization measures against the generalization gap (test − train error on "
         "each run's own training data), as in Jiang et al. 2020. PGDL is the competition's official "
         "score (self-pairs included, uniform over cells) against the gap. Kendall τ is signed: τ < 0 "
-        "(highlighted) ranks models backwards.",
+        "(highlighted) ranks models backwards. The GAN predictor carries its quality gate "
+        "(sgdlab.generalization.gate: FD(synthetic, val) <= 5x the real-data floor and mean error on "
+        "synthetic within 5 pp of validation); a failed or unmeasured gate (highlighted) means its "
+        "numbers are not trustworthy at this sample quality.",
         tuple(classes),
     )
+
+
+def _gate_cell(s: dict[str, Any]) -> str:
+    gate = s.get("gate")
+    if not isinstance(gate, str) or not gate:
+        return "–"
+    if gate == "pass":
+        return "pass"
+    reasons = s.get("gate_reasons") if isinstance(s.get("gate_reasons"), str) else ""
+    return f"{gate}: {s.get('gate_note') or ''}" + (f" ({reasons})" if reasons else "")
