@@ -28,7 +28,7 @@ def _project(tmp_path, mlflow_store, **over):
         {
             "optimizers": [{"name": "sgd", "lr": [0.05, 0.1, 0.2, 0.4]}],
             "seeds": [0],
-            "models": [{"name": "mlp", "kwargs": {"widths": [128, 128]}}],
+            "models": [{"name": "mlp", "kwargs": {"widths": [32, 32]}}],
             "batch_sizes": [32],
         }
     )
