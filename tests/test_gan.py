@@ -238,3 +238,16 @@ def test_bf16_autocast_path_runs_on_cpu():
     xs, _ = sample_synthetic(res.generator, 3, 2, seed=0)
     assert xs.dtype == torch.float32 and torch.isfinite(xs).all()
     assert all(t.dtype == torch.float32 for t in res.discriminator.state_dict().values())
+
+
+def test_gan_phase_progress_lines_are_throttled_and_always_end(capsys):
+    from sgdlab.phases.gan import progress_lines
+
+    p = progress_lines("gan: training", every_s=3600.0)
+    for step in range(50, 1001, 50):
+        p(step, 1000)
+    out = capsys.readouterr().out.splitlines()
+    assert out == [out[0]] and out[0].startswith("gan: training: step 1000/1000 [")  # only the last
+    p = progress_lines("x", every_s=0.0)
+    p(1, 3), p(2, 3)
+    assert capsys.readouterr().out.splitlines()[0].startswith("x: step 1/3")

@@ -25,6 +25,23 @@ def gan_config(study: Study):
         raise ConfigError(f"params.yaml: gan: {exc}") from None
 
 
+def progress_lines(label: str = "gan", every_s: float = 5.0):
+    """``progress(step, total)`` printing one line at most every ``every_s`` seconds (and at the end), so a
+    GAN training of minutes shows it is alive also when stdout is a file or a pipe."""
+    import time
+
+    t0 = time.monotonic()
+    last = [t0]
+
+    def progress(step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or step >= total:
+            last[0] = now
+            print(f"{label}: step {step}/{total} [{now - t0:.0f} s]", flush=True)
+
+    return progress
+
+
 def plan(study: Study) -> Plan:
     gan_config(study)  # an unknown profile or GAN setting names the key before any compute
     data = study.data_spec()
@@ -58,6 +75,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
             frechet_steps=g.frechet_steps,
             class_names=CLASS_NAMES.get(splits.name),
             metric_sink=buf,
+            progress=progress_lines("gan: training"),
             # the test split only for the Frechet diagnostic, after the GAN is trained
             diagnostics={"test": (splits.x_test, splits.y_test)},
         )
