@@ -25,6 +25,7 @@ RESUME_CASES = [
     ("local_sgd", {"lr": 0.05, "workers": 3, "local_steps": 2}),
     ("xgrad_sgd", {"lr": 0.05}),
     ("xgrad_adamw", {"lr": 1e-3}),
+    ("xgrad_adam", {"lr": 1e-3}),
     # warmup_steps=3 < checkpoint step 6: the checkpoint carries frozen v and both error feedbacks
     ("onebit_adam", {"lr": 1e-3, "workers": 3, "warmup_steps": 3}),
     ("zo_sgd", {"lr": 0.01, "n_perturbations": 2, "perturbation": "rademacher", "weight_decay": 0.01}),
