@@ -1,6 +1,8 @@
 """The gan and predict phases: no test data reaches the GAN, refusals of mismatched synthetic sets,
 predictor scoring on constructed populations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,19 @@ def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store, monkeypa
     assert meta["data_hash"] == meta_hash and meta["generator_hash"] == out["generator_hash"]
     again = run_local(cfg, "gan")  # same config and data: reused
     assert again["trained"] is False and again["generator_hash"] == out["generator_hash"]
+    assert out["trained"] is True and again["reused_from"] is None  # its own generator.pt
+
+    # another study on the same training set and GAN config: the project's shared generator, no training
+    other = cfg.model_copy(update={"study": cfg.study.model_copy(update={"name": "gan-test-2"})})
+    second = run_local(other, "gan")
+    assert second["trained"] is False and second["generator_hash"] == out["generator_hash"]
+    assert "_shared/gan/" in second["reused_from"]
+    assert "gan-test-2" in second["checkpoint"] and Path(second["checkpoint"]).is_file()  # its own DVC output
+    # a different training part (validation split changed) never reuses it
+    split = from_dict({**cfg.model_dump(mode="json"), "study": {"name": "gan-test-3", "device": "cpu"},
+                       "data": {"val_fraction": 0.2, "probe_size": 10}})  # fmt: skip
+    third = run_local(split, "gan")
+    assert third["trained"] is True and third["reused_from"] is None
 
 
 def _hash(root):

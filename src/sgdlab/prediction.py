@@ -15,6 +15,7 @@ it as its predicted test error. This module is the library behind the ``gan`` an
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,27 @@ def data_range(splits) -> tuple[float, float]:
     return ((0.0 - norm["mean"]) / norm["std"], (1.0 - norm["mean"]) / norm["std"])
 
 
+def training_set_hash(x, y) -> str:
+    """SHA-256 of the training tensors' bytes (what the GAN sees), so a generator is reused only for the very
+    same training part: a changed validation split or seed gives another hash."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import os
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def train_and_sample(
     x_train,
     y_train,
@@ -60,6 +82,7 @@ def train_and_sample(
     diagnostics=None,
     metric_sink: Callable | None = None,
     progress: Callable | None = None,
+    shared_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
@@ -68,7 +91,12 @@ def train_and_sample(
     (the validation part). ``diagnostics``: ``{"test": (x, y)}`` for the paper's own diagnostic (Zhang et
     al. 2022: the synthetic set is closer to the test data than to the training data), used only after the
     generator is trained and sampled, never by GAN training. Reuses the generator when it exists with the
-    same config and data hash.
+    same config, data hash and training-set content.
+
+    ``shared_dir``: a generator cache shared by every study of the project, keyed by the GAN config and the
+    training set's content hash (:func:`training_set_hash`): a study whose own generator is missing or stale
+    copies a matching one from there instead of training (``reused_from`` in the result), and a newly
+    trained generator is put there for the next study. The study's own ``generator.pt`` stays its DVC output.
     Returns a dict of paths and figures (small; safe to pass between tasks)."""
     from sgdlab.data.parquet import write_split
     from sgdlab.gan import (
@@ -86,24 +114,37 @@ def train_and_sample(
     for p in paths.values():
         Path(p).parent.mkdir(parents=True, exist_ok=True)
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    want = {"config": gan_cfg.to_dict(), "data_hash": data_hash}
-    res = None
-    if ckpt.is_file() and all(meta.get(k) == v for k, v in want.items()):
+    want = {"config": gan_cfg.to_dict(), "data_hash": data_hash, "train_hash": training_set_hash(x_train, y_train)}
+    key = hashlib.sha256(json.dumps([want["config"], want["train_hash"]], sort_keys=True).encode()).hexdigest()[:16]
+    shared = Path(shared_dir) / key / "generator.pt" if shared_dir is not None else None
+
+    def load(path: Path):
         try:
-            res = load_gan(ckpt, num_classes=num_classes, sample_shape=tuple(x_train.shape[1:]), device=x_train.device)
+            return load_gan(path, num_classes=num_classes, sample_shape=tuple(x_train.shape[1:]), device=x_train.device)
         except CorruptGANCheckpoint as exc:  # never sample from a damaged generator: keep it aside, retrain
             import warnings
 
             from sgdlab.integrity import quarantine
 
-            warnings.warn(f"{exc}; moved to {quarantine(ckpt)}; training the GAN again", stacklevel=2)
-        trained = False
+            warnings.warn(f"{exc}; moved to {quarantine(path)}; not using it", stacklevel=3)
+            return None
+
+    res, reused_from, trained = None, None, False
+    if ckpt.is_file() and all(meta.get(k) == v for k, v in want.items()):
+        res = load(ckpt)
+    if res is None and shared is not None and shared.is_file():
+        res = load(shared)
+        if res is not None:
+            _copy_atomic(shared, ckpt)
+            reused_from = str(shared)
     if res is None:
         res = train_gan(
             x_train, y_train, num_classes, gan_cfg, data_range=range_, progress=progress, metric_sink=metric_sink
         )
         save_gan(res, ckpt)
         trained = True
+        if shared is not None:
+            _copy_atomic(ckpt, shared)
     g_hash = generator_hash(res.generator)
     x_syn, y_syn = sample_synthetic(res.generator, num_classes, n_per_class, seed, device=x_train.device)
     common = {
@@ -148,7 +189,14 @@ def train_and_sample(
             except ValueError as exc:  # e.g. a class with < 2 examples, non-finite data: no number, a reason
                 fd[f"frechet_synthetic_vs_{name}"] = float("nan")
                 fd[f"frechet_synthetic_vs_{name}_skipped"] = str(exc)
-    meta = {**want, "generator_hash": g_hash, "wall_time_s": res.wall_time_s, "steps": res.steps, **fd}
+    meta = {
+        **want,
+        "generator_hash": g_hash,
+        "wall_time_s": res.wall_time_s,
+        "steps": res.steps,
+        "reused_from": reused_from,
+        **fd,
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     return {
         "checkpoint": str(ckpt),
@@ -156,6 +204,7 @@ def train_and_sample(
         "grid": str(grid),
         "generator_hash": g_hash,
         "trained": trained,
+        "reused_from": reused_from,
         "wall_time_s": res.wall_time_s,
         **fd,
     }

@@ -76,6 +76,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
             class_names=CLASS_NAMES.get(splits.name),
             metric_sink=buf,
             progress=progress_lines("gan: training"),
+            shared_dir=study.models_dir.parent / "_shared" / "gan",  # one generator per training set and config
             # the test split only for the Frechet diagnostic, after the GAN is trained
             diagnostics={"test": (splits.x_test, splits.y_test)},
         )
@@ -88,7 +89,17 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
             0,
         )
         buf({"gan/wall_time_s": out["wall_time_s"]}, 0)
-    tracking.set_tags(run_id, {"generator_hash": out["generator_hash"], "data_hash": splits.data_hash})
+    if out.get("reused_from"):
+        print(f"gan: reused the generator of this training set and config from {out['reused_from']}", flush=True)
+    tracking.set_tags(
+        run_id,
+        {
+            "generator_hash": out["generator_hash"],
+            "data_hash": splits.data_hash,
+            "generator_trained": str(out["trained"]).lower(),
+            **({"generator_reused_from": out["reused_from"]} if out.get("reused_from") else {}),
+        },
+    )
     for key in ("grid", "checkpoint"):
         tracking.log_artifact(run_id, out[key], "gan")
     return out
