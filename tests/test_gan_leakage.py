@@ -77,6 +77,8 @@ def test_signatures_admit_no_held_out_data():
         "progress",
         "metric_sink",
         "checkpoint_path",
+        "monitor",  # output only: it receives a copy of the EMA generator (test below)
+        "monitor_every",
     ]
     for fn in (train_gan, sample_synthetic):
         names = " ".join(inspect.signature(fn).parameters).lower()
@@ -95,6 +97,26 @@ def test_gan_path_never_touches_the_poisoned_test_split():
     gan_b, x_b, _, err_b = _gan_path(_splits(0.5), classifier)
     assert generator_hash(gan_a.generator) == generator_hash(gan_b.generator)
     assert torch.equal(x_a, x_b) and err_a == err_b
+
+
+def test_monitor_sees_copies_and_changes_nothing():
+    """The FD-vs-time hook gets a copy of the EMA generator at the monitored steps; scribbling on
+    that copy (as a careless monitor could) leaves the trained generator bit-identical."""
+    x, y = _splits(0.5)["train"]
+    plain = train_gan(x, y, 3, CFG)
+    seen = []
+
+    def monitor(step, seconds, g):
+        seen.append((step, seconds >= 0.0, g.training))
+        with torch.no_grad():
+            for p in g.parameters():
+                p.fill_(7.0)
+
+    watched = train_gan(x, y, 3, CFG, monitor=monitor, monitor_every=2)
+    assert seen == [(2, True, False), (3, True, False)]
+    assert generator_hash(watched.generator) == generator_hash(plain.generator)
+    with pytest.raises(ValueError, match="monitor_every"):
+        train_gan(x, y, 3, CFG, monitor=monitor, monitor_every=-1)
 
 
 def test_tripwire_fires_when_test_data_reaches_training():

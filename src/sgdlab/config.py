@@ -307,6 +307,8 @@ class SweepConfig(_Frozen):
     variants: tuple[VariantConfig, ...] = ()
     steps: tuple[int, ...] | None = None  # training lengths to sweep (None: train.steps)
     train_fractions: tuple[float, ...] = (1.0,)  # train on a seeded subset of the training part
+    # train on a copy of the training labels with this seeded fraction replaced by another class (0: clean)
+    label_noise: tuple[float, ...] = (0.0,)
 
     @field_validator("steps")
     @classmethod
@@ -320,6 +322,13 @@ class SweepConfig(_Frozen):
     def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if not v or any(not 0 < f <= 1 for f in v):
             raise ValueError(f"fractions must be in (0, 1], got {list(v)}")
+        return v
+
+    @field_validator("label_noise")
+    @classmethod
+    def _label_noise(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 <= f < 1 for f in v):
+            raise ValueError(f"label noise fractions must be in [0, 1), got {list(v)}")
         return v
 
     @field_validator("batch_sizes", "seeds")
@@ -384,6 +393,8 @@ class GANPhaseConfig(_Frozen):
     n_per_class: int = Field(1000, gt=1)  # size of the labelled synthetic set, per class
     seed: int = Field(0, ge=0)
     frechet_steps: int = Field(400, ge=0)  # training steps of the Frechet feature CNN (0: no Frechet distance)
+    # generators kept along GAN training for the FD-vs-time and tau-vs-time curves (0: none)
+    snapshots: int = Field(0, ge=0)
 
 
 class FlatnessConfig(_Frozen):

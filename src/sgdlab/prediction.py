@@ -28,7 +28,16 @@ CLASS_NAMES = {
     "fashion_mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
 }
 MEASURES = ("lambda_max", "trace", "pacbayes_flatness")
-AXES = ("optimizer", "lr", "batch_size", "model", "model_kwargs", "steps", "train_fraction")  # model_kwargs: widths
+AXES = (
+    "optimizer",
+    "lr",
+    "batch_size",
+    "model",
+    "model_kwargs",
+    "steps",
+    "train_fraction",
+    "label_noise",
+)  # model_kwargs: widths
 
 
 class SyntheticSetError(ValueError):
@@ -52,6 +61,9 @@ def training_set_hash(x, y) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+CURVE_PER_CLASS = 500  # samples per class behind each point of the FD-vs-time and tau-vs-time curves
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -83,6 +95,7 @@ def train_and_sample(
     metric_sink: Callable | None = None,
     progress: Callable | None = None,
     shared_dir: Path | None = None,
+    snapshots: int = 0,
 ) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
@@ -97,6 +110,11 @@ def train_and_sample(
     training set's content hash (:func:`training_set_hash`): a study whose own generator is missing or stale
     copies a matching one from there instead of training (``reused_from`` in the result), and a newly
     trained generator is put there for the next study. The study's own ``generator.pt`` stays its DVC output.
+
+    ``snapshots``: when the GAN trains, keep this many evenly spaced generators along training in
+    ``paths["snapshots"]`` (``step_<step>.pt``, the last one the final generator) and their FD to the held-out
+    set against GAN training time in ``curve.json`` there: the FD-vs-time curve; the predict phase adds tau
+    and MAE per snapshot. A reused generator brings the snapshots it was trained with (from the shared cache).
     Returns a dict of paths and figures (small; safe to pass between tasks)."""
     from sgdlab.data.parquet import write_split
     from sgdlab.gan import (
@@ -106,9 +124,24 @@ def train_and_sample(
         sample_grid_png,
         sample_synthetic,
         save_gan,
+        save_snapshot,
         train_gan,
     )
     from sgdlab.gan.frechet import class_conditional_frechet, train_feature_net
+
+    if not isinstance(snapshots, int) or snapshots < 0:
+        raise ValueError(f"gan.snapshots={snapshots!r}: must be an int >= 0")
+    snap_dir = Path(paths["snapshots"]) if "snapshots" in paths else None
+    counts = np.bincount(y_ref.cpu().numpy(), minlength=num_classes) if y_ref is not None else np.zeros(1)
+    net = None
+
+    def feature_net():
+        nonlocal net
+        if net is None:
+            net = train_feature_net(
+                x_train, y_train, num_classes, data_range=range_, seed=seed, device=x_train.device, steps=frechet_steps
+            )
+        return net
 
     ckpt, meta_path = Path(paths["generator"]), Path(paths["meta"])
     for p in paths.values():
@@ -138,13 +171,67 @@ def train_and_sample(
             _copy_atomic(shared, ckpt)
             reused_from = str(shared)
     if res is None:
+        curve: list[dict] = []
+        monitor, every = None, 0
+        if snapshots and snap_dir is not None:
+            import shutil
+
+            shutil.rmtree(snap_dir, ignore_errors=True)  # the snapshots of another generator
+            snap_dir.mkdir(parents=True)
+            every = max(1, gan_cfg.steps // snapshots)
+            fd_ok = bool(frechet_steps) and counts.min() >= 2
+
+            def monitor(step: int, seconds: float, g) -> None:
+                save_snapshot(
+                    g,
+                    snap_dir / f"step_{step:07d}.pt",
+                    config=gan_cfg,
+                    num_classes=num_classes,
+                    sample_shape=tuple(x_train.shape[1:]),
+                    data_range=range_,
+                    step=step,
+                    train_seconds=seconds,
+                )
+                row = {"step": step, "train_seconds": round(seconds, 2)}
+                if fd_ok:
+                    xs, ys = sample_synthetic(g, num_classes, CURVE_PER_CLASS, seed, device=x_train.device)
+                    row["fd_synthetic_vs_val"] = class_conditional_frechet(
+                        feature_net(), xs, ys, x_ref, y_ref, num_classes
+                    ).mean
+                curve.append(row)
+                if metric_sink is not None and "fd_synthetic_vs_val" in row:
+                    metric_sink({"gan/curve_fd_synthetic_vs_val": row["fd_synthetic_vs_val"]}, step)
+
         res = train_gan(
-            x_train, y_train, num_classes, gan_cfg, data_range=range_, progress=progress, metric_sink=metric_sink
+            x_train,
+            y_train,
+            num_classes,
+            gan_cfg,
+            data_range=range_,
+            progress=progress,
+            metric_sink=metric_sink,
+            monitor=monitor,
+            monitor_every=every,
         )
         save_gan(res, ckpt)
         trained = True
+        if monitor is not None:
+            (snap_dir / "curve.json").write_text(json.dumps(curve, indent=1))
         if shared is not None:
             _copy_atomic(ckpt, shared)
+            if monitor is not None:
+                import shutil
+
+                shutil.rmtree(shared.parent / "snapshots", ignore_errors=True)
+                shutil.copytree(snap_dir, shared.parent / "snapshots")
+    elif reused_from is not None and snap_dir is not None and (shared.parent / "snapshots").is_dir():
+        import shutil
+
+        shutil.rmtree(snap_dir, ignore_errors=True)
+        shutil.copytree(shared.parent / "snapshots", snap_dir)
+    if snap_dir is not None and not (snap_dir / "curve.json").is_file():
+        snap_dir.mkdir(parents=True, exist_ok=True)
+        (snap_dir / "curve.json").write_text("[]")  # no snapshots: an empty curve (the DVC output exists)
     g_hash = generator_hash(res.generator)
     x_syn, y_syn = sample_synthetic(res.generator, num_classes, n_per_class, seed, device=x_train.device)
     common = {
@@ -165,13 +252,10 @@ def train_and_sample(
     names = list(class_names) if class_names and len(class_names) == num_classes else None
     grid = sample_grid_png(res.generator, Path(paths["samples"]), n_per_class=8, seed=seed, class_names=names)
     fd = {}
-    counts = np.bincount(y_ref.cpu().numpy(), minlength=num_classes) if y_ref is not None else np.zeros(1)
     if frechet_steps and counts.min() < 2:
         fd["frechet_skipped"] = f"held-out set has {int(counts.min())} example(s) of some class; need >= 2 per class"
     elif frechet_steps:
-        net = train_feature_net(
-            x_train, y_train, num_classes, data_range=range_, seed=seed, device=x_train.device, steps=frechet_steps
-        )
+        net = feature_net()
         fd["frechet_synthetic_vs_val"] = class_conditional_frechet(net, x_syn, y_syn, x_ref, y_ref, num_classes).mean
         n = min(len(x_train), max(len(x_ref), 2000))
         fd["frechet_train_vs_val"] = class_conditional_frechet(
@@ -265,7 +349,7 @@ def predict_population(
     computed here."""
     import functools
 
-    from sgdlab.data import run_indices, run_probe_data
+    from sgdlab.data import run_indices, run_labels, run_probe_data
     from sgdlab.generalization import (
         GANPredictor,
         PACBayesFlatnessPredictor,
@@ -275,8 +359,7 @@ def predict_population(
         ValidationPredictor,
         classification_error,
     )
-    from sgdlab.models import build_model
-    from sgdlab.train import load_checkpoint, loss_fn
+    from sgdlab.train import loss_fn
 
     probe_rows = probe_rows or {}
     flatness = flatness or {}
@@ -286,22 +369,15 @@ def predict_population(
     loss = functools.partial(loss_fn, splits.task)
     rows = []
     for spec, ckpt_path, run in specs_and_ckpts:
-        model = build_model(
-            spec.model,
-            splits.input_shape,
-            splits.num_outputs,
-            seed=spec.seed,
-            device=splits.x_train.device,
-            **spec.model_kwargs,
-        )
-        model.load_state_dict(load_checkpoint(ckpt_path)["model"])
-        model.eval()
+        model = _load_classifier(spec, ckpt_path, splits)
         _check_compatible(model, x_syn, splits.num_outputs, spec.label)
         # every per-run quantity on the run's own training examples (its train fraction), the measures on
         # a fixed seeded subset of those
+        # (and with the labels it trained on: a label-noise run's train error is on its noisy copy)
         idx = run_indices(splits, spec.train_fraction, spec.seed)
-        x_own, y_own = (splits.x_train, splits.y_train) if idx is None else (splits.x_train[idx], splits.y_train[idx])
-        xp, yp = run_probe_data(splits, spec.train_fraction, spec.seed, subset_size)
+        y_all = run_labels(splits, spec.data.label_noise)
+        x_own, y_own = (splits.x_train, y_all) if idx is None else (splits.x_train[idx], y_all[idx])
+        xp, yp = run_probe_data(splits, spec.train_fraction, spec.seed, subset_size, spec.data.label_noise)
         row = {
             "run_key": run["run_key"],
             **{a: run.get(a) for a in AXES},
@@ -331,6 +407,76 @@ def predict_population(
         row["true/gap"] = row["true/test_err"] - row["true/train_err"]
         rows.append(row)
     return rows
+
+
+def _load_classifier(spec, ckpt_path, splits):
+    from sgdlab.models import build_model
+    from sgdlab.train import load_checkpoint
+
+    model = build_model(
+        spec.model,
+        splits.input_shape,
+        splits.num_outputs,
+        seed=spec.seed,
+        device=splits.x_train.device,
+        **spec.model_kwargs,
+    )
+    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    return model.eval()
+
+
+def gan_curve(
+    snap_dir: Path | str, specs_and_ckpts: list[tuple[Any, str, dict]], splits, rows, seed: int
+) -> list[dict]:
+    """The GAN predictor along GAN training: for every generator snapshot of the gan phase (``snap_dir``:
+    ``step_*.pt`` and ``curve.json``), its step, training seconds and FD to the validation part, and the MAE
+    and Kendall tau of its predictions (error on :data:`CURVE_PER_CLASS` samples per class) against the true
+    test errors of the classifiers in ``rows`` that the GAN predictor scores (finite ``pred/gan``), and
+    ``err_gap`` = mean error on the snapshot's samples - mean validation error. [] without snapshots."""
+    import math
+
+    from sgdlab.gan import load_snapshot, sample_synthetic
+    from sgdlab.generalization import classification_error, kendall_tau, mae
+
+    snap_dir = Path(snap_dir)
+    files = sorted(snap_dir.glob("step_*.pt"))
+    scored = {r["run_key"]: r for r in rows if r.get("pred/gan") is not None and math.isfinite(r["pred/gan"])}
+    if not files or len(scored) < 2:
+        return []
+    fd_at = {}
+    if (snap_dir / "curve.json").is_file():
+        fd_at = {c["step"]: c.get("fd_synthetic_vs_val") for c in json.loads((snap_dir / "curve.json").read_text())}
+    device = splits.x_train.device
+    sets = []
+    for f in files:
+        g, info = load_snapshot(f, device)
+        sets.append((info, *sample_synthetic(g, splits.num_outputs, CURVE_PER_CLASS, seed, device=device)))
+    pred: list[dict[str, float]] = [{} for _ in sets]
+    for spec, ckpt_path, run in specs_and_ckpts:
+        if run["run_key"] not in scored:
+            continue
+        model = _load_classifier(spec, ckpt_path, splits)
+        for i, (_, xs, ys) in enumerate(sets):
+            pred[i][run["run_key"]] = classification_error(model, xs, ys)
+    keys = [k for k in scored if k in pred[0]]
+    true = [scored[k]["true/test_err"] for k in keys]
+    val = float(np.mean([scored[k]["pred/val"] for k in keys]))
+    out = []
+    for (info, _, _), p in zip(sets, pred):
+        ps = [p[k] for k in keys]
+        out.append(
+            {
+                "step": info["step"],
+                "train_seconds": info["train_seconds"],
+                "fd_synthetic_vs_val": fd_at.get(info["step"]),
+                "mae": mae(ps, true),
+                "kendall_tau": kendall_tau(ps, true),
+                "err_gap": float(np.mean(ps)) - val,
+                "n_classifiers": len(keys),
+                "n_per_class": CURVE_PER_CLASS,
+            }
+        )
+    return out
 
 
 def score_predictors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ def run_probe_data(splits, spec: RunSpec, size: int):
     """The first ``size`` examples of the run's probe subset (:func:`sgdlab.data.run_probe_data`)."""
     from sgdlab.data import run_probe_data as probe_data
 
-    return probe_data(splits, spec.train_fraction, spec.seed, size)
+    return probe_data(splits, spec.train_fraction, spec.seed, size, spec.data.label_noise)
 
 
 def _loss(task: str):

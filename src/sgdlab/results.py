@@ -67,7 +67,7 @@ class TableError(ValueError):
     """A results table cannot be read back intact; the message names the file."""
 
 
-GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "steps", "train_fraction", "variant")
+GROUP_KEYS = ("model", "optimizer", "lr", "batch_size", "steps", "train_fraction", "label_noise", "variant")
 
 
 def summarize(rows: list[dict[str, Any]], metric: str = "test/acc") -> list[dict[str, Any]]:

@@ -209,14 +209,11 @@ def _prepare_run(study, spec, tracking_ctx, on_step_factory, run_dir: Path) -> _
         task=splits.task,
         **spec.loop,
     )
-    from sgdlab.data import run_indices
+    from sgdlab.data import run_indices, run_labels
 
     train_idx = run_indices(splits, spec.train_fraction, spec.seed)  # None: the whole training part
-    x_tr, y_tr = (
-        (splits.x_train, splits.y_train)
-        if train_idx is None
-        else (splits.x_train[train_idx], splits.y_train[train_idx])
-    )
+    y_all = run_labels(splits, spec.data.label_noise)  # the prepared labels, or their noisy copy
+    x_tr, y_tr = (splits.x_train, y_all) if train_idx is None else (splits.x_train[train_idx], y_all[train_idx])
     tensors = DataTensors(x_tr, y_tr, splits.x_test, splits.y_test, splits.x_val, splits.y_val)
     run_id, created = _child_run(study, spec, run_dir, tracking_ctx, param_count(model))
     # a resumed run replays from its checkpoint: the points its store already holds are not logged again
@@ -296,6 +293,7 @@ def _record_run(study, p: _Prepared, result, val: dict, population: int, note: s
         "search_study": int((spec.extra or {}).get("search", {}).get("study", -1)),
         "search_trial": int((spec.extra or {}).get("search", {}).get("trial", -1)),
         "train_fraction": spec.train_fraction,
+        "label_noise": spec.data.label_noise,
         "n_train": len(p.tensors.x_train),
         "status": result.status,
         "reason": result.reason,

@@ -60,6 +60,7 @@ class RunSpec:
     def label(self) -> str:
         v = "" if self.variant == "base" else f" [{self.variant}]"
         f = "" if self.train_fraction == 1.0 else f" data={self.train_fraction:g}"
+        f += f" noise={self.data.label_noise:g}" if self.data.label_noise else ""
         s = (self.extra or {}).get("search")
         t = f" trial {s['study']}/{s['trial']}" if s else ""
         return (
@@ -88,5 +89,7 @@ def run_key(spec: RunSpec) -> str:
     """16 hex digits of sha256 over the canonical JSON of the spec (``base_key`` excluded)."""
     d = spec.to_dict()
     d.pop("base_key")
+    if not d["data"].get("label_noise"):  # clean labels: the key of a run from before label noise existed
+        d["data"].pop("label_noise", None)
     blob = json.dumps(_jsonable(d), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -56,6 +56,7 @@ REPORT_FIGURES = (
     "fig5_measures",
     "fig6_summary",
     "fig8_scaling_rules",
+    "fig9_gan_curve",
 )
 
 
@@ -80,11 +81,15 @@ OUTPUTS: dict[str, dict[str, Output]] = {
         "synthetic": Output("{results}/gan/synthetic.parquet"),
         "samples": Output("{results}/gan/samples.png", cache=False),
         "meta": Output("{results}/gan/gan.json", kind="metrics", cache=False),
+        # generators along training (gan.snapshots) and curve.json: FD to the validation part vs training time
+        "snapshots": Output("{results}/gan/snapshots"),
     },
     "predict": {
         "predictions": Output("{results}/predictions.parquet"),
         "scores": Output("{results}/scores.parquet"),
         "scores_json": Output("{results}/scores.json", kind="metrics", cache=False),
+        # per generator snapshot: FD, and the GAN predictor's MAE and tau over the population, vs GAN training time
+        "gan_curve": Output("{results}/gan_curve.parquet"),
     },
     "report": _report_outputs(),
 }

@@ -13,6 +13,7 @@ a finished key is a cache hit, an interrupted one resumes from its checkpoint (`
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from sgdlab.config import Config, ModelConfig, VariantConfig
@@ -218,10 +219,10 @@ def _grid(cfg: Config, data: DataSpec, n_train: int | None, resolved: list):
                                 f"params.yaml: sweep.batch_sizes: {bs} is larger than the {n} training "
                                 f"examples of {cfg.train.dataset!r} (train fraction {frac:g})"
                             )
-                        for steps in sw.steps or (cfg.train.steps,):
+                        for steps, noise in itertools.product(sw.steps or (cfg.train.steps,), sw.label_noise):
                             for seed in sw.seeds:
                                 spec = RunSpec(
-                                    replace(data, train_fraction=frac),
+                                    replace(data, train_fraction=frac, label_noise=noise),
                                     m.name,
                                     dict(m.kwargs),
                                     name,
@@ -233,7 +234,7 @@ def _grid(cfg: Config, data: DataSpec, n_train: int | None, resolved: list):
                                     probe,
                                     extra=extra,
                                 )
-                                yield (mi, ei, hi, bs, frac, steps), spec
+                                yield (mi, ei, hi, bs, frac, steps, noise), spec
 
 
 def searches(cfg: Config, data: DataSpec, n_train: int | None = None) -> list:

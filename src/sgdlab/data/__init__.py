@@ -10,9 +10,11 @@ from sgdlab.data.loader import (
     TensorSplits,
     load_spec,
     load_splits,
+    noisy_labels,
     probe_indices,
     resolve_device,
     run_indices,
+    run_labels,
     run_probe_data,
     train_subset_indices,
 )
@@ -36,7 +38,9 @@ __all__ = [
     "read_meta",
     "read_split",
     "resolve_device",
+    "noisy_labels",
     "run_indices",
+    "run_labels",
     "run_probe_data",
     "train_subset_indices",
 ]

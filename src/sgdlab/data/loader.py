@@ -25,6 +25,8 @@ __all__ = [
     "TensorSplits",
     "load_splits",
     "load_spec",
+    "noisy_labels",
+    "run_labels",
     "probe_indices",
     "resolve_device",
     "run_indices",
@@ -172,11 +174,50 @@ def probe_indices(splits: TensorSplits, train_idx: torch.Tensor | None) -> torch
     return train_idx[pick]
 
 
-def run_probe_data(splits: TensorSplits, fraction: float, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` of the first ``size`` examples of the probe subset of a run with this train fraction and
-    seed: a fixed seeded subset of the run's *own* training examples, never of data it did not train on."""
+def run_probe_data(
+    splits: TensorSplits, fraction: float, seed: int, size: int, label_noise: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the first ``size`` examples of the probe subset of a run with this train fraction, seed
+    and label noise: a fixed seeded subset of the run's *own* training examples, with the labels it trained
+    on, never of data it did not train on."""
     idx = probe_indices(splits, run_indices(splits, fraction, seed))[:size]
-    return splits.x_train[idx], splits.y_train[idx]
+    return splits.x_train[idx], run_labels(splits, label_noise)[idx]
+
+
+def noisy_labels(y: torch.Tensor, fraction: float, num_classes: int, seed: int) -> torch.Tensor:
+    """A copy of the class labels ``y`` (N,) in which a seeded ``fraction`` of the entries (each one
+    independently, with that probability) is replaced by a different class drawn uniformly from the other
+    ``num_classes - 1`` (the symmetric label noise of Zhang et al. 2017, "Understanding deep learning
+    requires rethinking generalization", at corruption level ``fraction * K / (K - 1)``). ``y`` is not
+    modified; the draw depends only on ``seed`` and ``len(y)`` (CPU generator), not on the device."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"label noise fraction={fraction!r}: must be in [0, 1)")
+    if y.dtype.is_floating_point:
+        raise ValueError("label noise needs class labels (a classification dataset), got float targets")
+    if fraction == 0.0:
+        return y
+    if num_classes < 2:
+        raise ValueError(f"label noise needs >= 2 classes, got num_classes={num_classes}")
+    g = seeded_generator(seed)
+    flip = torch.rand(len(y), generator=g) < fraction  # (N,) CPU
+    shift = torch.randint(1, num_classes, (len(y),), generator=g)  # (N,) in [1, K): never the same class
+    out = y.cpu().clone()
+    out[flip] = (out[flip] + shift[flip]) % num_classes
+    return out.to(y.device)
+
+
+def run_labels(splits: TensorSplits, label_noise: float) -> torch.Tensor:
+    """The training labels (aligned with ``splits.x_train``) a run with this label noise trains on: the
+    prepared labels, or their noisy copy seeded by ``split_seed`` (one corrupted training set per noise level,
+    shared by every run at that level, as in a corrupted-labels dataset)."""
+    if not label_noise:
+        return splits.y_train
+    if splits.task != "classification":
+        raise ValueError(
+            f"sweep.label_noise={label_noise:g}: dataset {splits.name!r} is a {splits.task} task (label noise needs classes)"
+        )
+    seed = 20_000 + int(splits.meta.get("split_seed", 0))
+    return noisy_labels(splits.y_train, label_noise, splits.num_outputs, seed)
 
 
 def train_subset_indices(n_train: int, fraction: float, seed: int) -> torch.Tensor | None:

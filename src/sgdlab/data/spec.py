@@ -14,7 +14,10 @@ class DataSpec:
     (:func:`sgdlab.data.parquet.content_hash`, verified against the file on every load); val_fraction,
     split_seed: the seeded split of the Parquet train split into training and validation parts;
     probe_size: the fixed seeded Hessian-probe subset; train_fraction: the run trains on a seeded subset
-    of this fraction of the training part (1.0: all of it).
+    of this fraction of the training part (1.0: all of it); label_noise: the run trains on a copy of the
+    training labels in which this seeded fraction is replaced by another class, drawn uniformly
+    (:func:`sgdlab.data.noisy_labels`; 0.0: the labels as prepared; left out of the run key when 0.0, so
+    the keys of clean runs are what they were before the field existed).
     """
 
     dataset: str
@@ -23,6 +26,7 @@ class DataSpec:
     split_seed: int
     probe_size: int
     train_fraction: float = 1.0
+    label_noise: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

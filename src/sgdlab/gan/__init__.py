@@ -4,7 +4,15 @@ Train on the training split only (``train_gan``), sample a labelled synthetic se
 (``sample_synthetic``), and measure how close it is to real data (``frechet``).
 """
 
-from sgdlab.gan.checkpoint import CorruptGANCheckpoint, GANCheckpointError, generator_hash, load_gan, save_gan
+from sgdlab.gan.checkpoint import (
+    CorruptGANCheckpoint,
+    GANCheckpointError,
+    generator_hash,
+    load_gan,
+    load_snapshot,
+    save_gan,
+    save_snapshot,
+)
 from sgdlab.gan.config import PROFILES, GANConfig, resolve_device
 from sgdlab.gan.diffaugment import diff_augment
 from sgdlab.gan.nets import Generator, ProjectionDiscriminator
@@ -23,9 +31,11 @@ __all__ = [
     "diff_augment",
     "generator_hash",
     "load_gan",
+    "load_snapshot",
     "resolve_device",
     "sample_grid_png",
     "sample_synthetic",
     "save_gan",
+    "save_snapshot",
     "train_gan",
 ]

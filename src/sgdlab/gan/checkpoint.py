@@ -18,7 +18,15 @@ from sgdlab.gan.config import GANConfig
 from sgdlab.gan.result import GANResult, build_nets
 from sgdlab.integrity import CorruptFileError, load_verified, save_verified
 
-__all__ = ["CorruptGANCheckpoint", "GANCheckpointError", "generator_hash", "load_gan", "save_gan"]
+__all__ = [
+    "CorruptGANCheckpoint",
+    "GANCheckpointError",
+    "generator_hash",
+    "load_gan",
+    "load_snapshot",
+    "save_gan",
+    "save_snapshot",
+]
 
 FORMAT = "sgdlab.gan/2"
 LEGACY_FORMAT = "sgdlab.gan/1"  # before checksums: same keys, loaded unverified
@@ -155,3 +163,57 @@ def generator_hash(generator: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+SNAPSHOT_FORMAT = "sgdlab.gan-snapshot/1"
+
+
+def save_snapshot(
+    generator: torch.nn.Module,
+    path: str | Path,
+    *,
+    config: GANConfig,
+    num_classes: int,
+    sample_shape: tuple[int, ...],
+    data_range: tuple[float, float],
+    step: int,
+    train_seconds: float,
+) -> Path:
+    """One generator along training (the EMA generator with recomputed BatchNorm statistics at ``step``,
+    after ``train_seconds`` of training): what the FD-vs-time and tau-vs-time curves sample from."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": SNAPSHOT_FORMAT,
+        "config": config.to_dict(),
+        "num_classes": int(num_classes),
+        "sample_shape": [int(s) for s in sample_shape],
+        "data_range": [float(v) for v in data_range],
+        "step": int(step),
+        "train_seconds": float(train_seconds),
+        "generator": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+    }
+    save_verified(path, payload)
+    return path
+
+
+def load_snapshot(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """``(generator in eval mode, {"step", "train_seconds"})`` from a file of :func:`save_snapshot`."""
+    path = Path(path)
+    try:
+        ck = load_verified(path, legacy_format=None)
+    except CorruptFileError as e:
+        raise CorruptGANCheckpoint(path, f"GAN snapshot is corrupt: {str(e).split(': ', 1)[-1]}") from None
+    if not isinstance(ck, dict) or ck.get("format") != SNAPSHOT_FORMAT:
+        raise GANCheckpointError(f"GAN snapshot {path}: not a {SNAPSHOT_FORMAT!r} file")
+    cfg = GANConfig.from_dict(ck["config"])
+    shape, k = tuple(int(s) for s in ck["sample_shape"]), int(ck["num_classes"])
+    g = build_nets(cfg, shape, k, (float(ck["data_range"][0]), float(ck["data_range"][1])), "cpu")[0]
+    try:
+        g.load_state_dict(ck["generator"])
+    except (RuntimeError, KeyError) as e:
+        raise GANCheckpointError(f"GAN snapshot {path}: the generator does not fit its config: {e}") from e
+    return g.to(device).eval().requires_grad_(False), {
+        "step": int(ck["step"]),
+        "train_seconds": float(ck["train_seconds"]),
+    }

@@ -8,6 +8,7 @@ from typing import Any
 
 from sgdlab.device import resolve_device  # noqa: F401  (re-exported)
 from sgdlab.gan.diffaugment import parse_policy
+from sgdlab.gan.nets import HEADS
 
 __all__ = ["GANConfig", "PROFILES", "resolve_device"]
 
@@ -31,7 +32,15 @@ class GANConfig:
         mode_seeking: weight of the mode-seeking regulariser (Mao et al. 2019); 0 disables.
         ema_decay: decay of the generator weight EMA used for sampling (warm-up
             ``min(decay, (1 + t) / (10 + t))``).
-        diffaugment: DiffAugment policy, e.g. ``"color,translation,cutout"``; ``""`` disables.
+        d_head: discriminator head, ``"flatten"`` (a global view of the s/4 feature map) or
+            ``"sum"`` (sum pooling over positions: a bag of 12-pixel patches).
+        diffaugment: DiffAugment policy, e.g. ``"translation,cutout"``; ``""`` disables. The
+            ``color`` op (random brightness/contrast) is allowed but off by default: it teaches D
+            to ignore brightness, and the generator then varies brightness instead of shape.
+        diffaugment_fill: what translation and cutout write into vacated positions:
+            ``"border"`` (the mean of the training images' outermost pixels, in the GAN's
+            [-1, 1] units: the black background of Fashion-MNIST) or a number in [-1, 1]
+            (the paper's 0 is mid-grey here).
         seed: seeds initialisation, batches, latents and augmentation.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
         precision: ``"fp32"`` or ``"bf16"`` (autocast for forward passes).
@@ -52,7 +61,9 @@ class GANConfig:
     d_mbstd_group: int = 4
     mode_seeking: float = 0.1
     ema_decay: float = 0.999
-    diffaugment: str = "color,translation,cutout"
+    d_head: str = "flatten"
+    diffaugment: str = "translation,cutout"
+    diffaugment_fill: str | float = "border"
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -89,6 +100,13 @@ class GANConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"GANConfig.ema_decay={self.ema_decay!r}: must be in [0, 1)")
         parse_policy(self.diffaugment)
+        if self.d_head not in HEADS:
+            raise ValueError(f"GANConfig.d_head={self.d_head!r}: allowed {HEADS}")
+        fill = self.diffaugment_fill
+        if isinstance(fill, bool) or not (
+            fill == "border" or (isinstance(fill, (int, float)) and -1.0 <= float(fill) <= 1.0)
+        ):
+            raise ValueError(f"GANConfig.diffaugment_fill={fill!r}: 'border' or a number in [-1, 1]")
         if self.precision not in PRECISIONS:
             raise ValueError(f"GANConfig.precision={self.precision!r}: allowed {PRECISIONS}")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

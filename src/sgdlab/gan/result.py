@@ -52,5 +52,5 @@ def build_nets(
     with torch.random.fork_rng(devices=[]):  # init + spectral-norm vectors use the global RNG
         torch.manual_seed(cfg.seed)
         g = Generator(sample_shape, num_classes, cfg.z_dim, cfg.g_widths, data_range)
-        d = ProjectionDiscriminator(sample_shape, num_classes, cfg.d_widths, cfg.d_mbstd_group)
+        d = ProjectionDiscriminator(sample_shape, num_classes, cfg.d_widths, cfg.d_mbstd_group, cfg.d_head)
     return g.to(device), d.to(device)

@@ -34,9 +34,7 @@ from sgdlab.gan.diffaugment import diff_augment
 from sgdlab.gan.nets import Generator
 from sgdlab.gan.result import GANResult, build_nets
 
-__all__ = ["GANDivergedError", "GANResult", "build_nets", "train_gan"]
-
-__all__ = ["GANDivergedError", "GANResult", "build_nets", "prepare_train_data", "train_gan"]
+__all__ = ["GANDivergedError", "GANResult", "border_fill", "build_nets", "prepare_train_data", "train_gan"]
 
 
 class GANDivergedError(RuntimeError):
@@ -98,6 +96,26 @@ def prepare_train_data(
 
 
 @torch.no_grad()
+def border_fill(x: torch.Tensor) -> float:
+    """Mean of the outermost pixels (images: the one-pixel frame; signals: both ends) over a batch
+    ``(N, C, ...)``: the background DiffAugment should fill vacated positions with, so translation
+    and cutout look like the data (-1 for black-background images in [-1, 1] units)."""
+    if x.dim() == 3:
+        edge = torch.cat([x[..., 0], x[..., -1]], dim=-1)  # (N, 2C)
+    else:
+        edge = torch.cat(
+            [
+                x[..., 0, :].flatten(1),
+                x[..., -1, :].flatten(1),
+                x[..., 1:-1, 0].flatten(1),
+                x[..., 1:-1, -1].flatten(1),
+            ],
+            dim=1,
+        )  # (N, C * (2W + 2H - 4))
+    return float(edge.float().mean())
+
+
+@torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm, 1.0 - decay)  # pe = decay * pe + (1 - decay) * pm
@@ -138,6 +156,8 @@ def train_gan(
     progress: Callable[[int, int], None] | None = None,
     metric_sink: Callable[[dict[str, float], int], None] | None = None,
     checkpoint_path: str | Path | None = None,
+    monitor: Callable[[int, float, Generator], None] | None = None,
+    monitor_every: int = 0,
 ) -> GANResult:
     """Train a class-conditional GAN (projection D, hinge loss, DiffAugment, EMA generator).
 
@@ -152,6 +172,11 @@ def train_gan(
         progress: called as ``progress(step, cfg.steps)`` every ``cfg.log_every`` steps.
         metric_sink: called as ``metric_sink({"gan/loss_d": ..., ...}, step)`` (the loop's signature).
         checkpoint_path: if given, the result is saved there at the end (``save_gan``).
+        monitor: called as ``monitor(step, train_seconds, g)`` every ``monitor_every`` steps and at
+            the end, with ``g`` a copy of the EMA generator whose BatchNorm statistics are
+            recomputed (what sampling would use then) and ``train_seconds`` the training wall time
+            so far, not counting the monitor's own time: FD-vs-time and tau-vs-time curves. It
+            uses its own RNG streams, so training is the same with or without it.
 
     Raises:
         GANDivergedError: a loss became non-finite (names the step).
@@ -178,10 +203,24 @@ def train_gan(
         z = torch.randn(b, cfg.z_dim, generator=gen, device=device)  # (B, z_dim)
         return z, torch.randint(num_classes, (b,), generator=gen, device=device)  # (B,)
 
-    def augment(v: torch.Tensor) -> torch.Tensor:
-        return diff_augment(v, cfg.diffaugment, generator=gen)
+    fill = border_fill(x) if cfg.diffaugment_fill == "border" else float(cfg.diffaugment_fill)
 
+    def augment(v: torch.Tensor) -> torch.Tensor:
+        return diff_augment(v, cfg.diffaugment, generator=gen, fill=fill)
+
+    if monitor_every < 0:
+        raise ValueError(f"monitor_every={monitor_every!r}: must be >= 0")
     t0 = time.perf_counter()
+    paused = 0.0  # seconds spent in the monitor
+
+    def observe(step: int) -> None:
+        nonlocal paused
+        t_pause = time.perf_counter()
+        snap = copy.deepcopy(g_ema)
+        recompute_bn_stats(snap, cfg.bn_stat_batches, b, cfg.seed + 1, device)
+        monitor(step, t_pause - t0 - paused, snap)
+        paused += time.perf_counter() - t_pause
+
     g.train()
     d.train()
     for step in range(1, cfg.steps + 1):
@@ -231,6 +270,8 @@ def train_gan(
                 metric_sink(rec, step)
             if progress is not None:
                 progress(step, cfg.steps)
+        if monitor is not None and ((monitor_every and step % monitor_every == 0) or step == cfg.steps):
+            observe(step)
 
     d.requires_grad_(True)
     opt_g.zero_grad(set_to_none=True)
@@ -247,7 +288,7 @@ def train_gan(
         sample_shape=sample_shape,
         data_range=data_range,
         steps=cfg.steps,
-        wall_time_s=time.perf_counter() - t0,
+        wall_time_s=time.perf_counter() - t0 - paused,
         history=history,
         checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None,
     )

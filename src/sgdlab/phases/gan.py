@@ -77,6 +77,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
             metric_sink=buf,
             progress=progress_lines("gan: training"),
             shared_dir=study.models_dir.parent / "_shared" / "gan",  # one generator per training set and config
+            snapshots=g.snapshots,
             # the test split only for the Frechet diagnostic, after the GAN is trained
             diagnostics={"test": (splits.x_test, splits.y_test)},
         )

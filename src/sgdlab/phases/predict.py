@@ -67,7 +67,18 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
     for s in scores:  # the GAN predictor's scores carry its gate: never shown as trustworthy when it fails
         if s["predictor"] == "gan":
             s.update(gate=gate["verdict"], gate_note=gate["note"], gate_reasons="; ".join(gate["reasons"]))
-    return {"rows": rows, "scores": scores, "gate": gate}
+    from sgdlab.prediction import gan_curve
+
+    curve = gan_curve(
+        study.path("gan", "snapshots"),
+        [(r.spec, r.checkpoint, r.row) for r in runs],
+        splits,
+        rows,
+        seed=study.cfg.study.seed,
+    )
+    floor = json.loads(meta_path.read_text()).get("frechet_train_vs_val") if meta_path.is_file() else None
+    curve = [{**c, "fd_floor": floor} for c in curve]  # the real-data floor FD(train, val): the gate's unit
+    return {"rows": rows, "scores": scores, "gate": gate, "curve": curve}
 
 
 def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict:
@@ -76,6 +87,9 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
     run = ctx["parent_run_id"]
     pred_path = results.write_table(out["rows"], study.path("predict", "predictions"))
     scores_path = results.write_table(out["scores"], study.path("predict", "scores"))
+    curve_path = results.write_table(out.get("curve", []), study.path("predict", "gan_curve"))
+    for c in out.get("curve", []):  # MLflow: the curve against GAN training steps (the axis of these metrics)
+        tracking.log_metrics(run, {f"gan_curve/{k}": c[k] for k in ("mae", "kendall_tau", "err_gap")}, step=c["step"])
     metrics = {
         f"{s['predictor']}/{k}": s[k]
         for s in out["scores"]
@@ -98,7 +112,7 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
         )
     study.path("predict", "scores_json").write_text(json.dumps(metrics, indent=2))
     tracking.log_metrics(run, {f"predict/{k}": v for k, v in metrics.items()})
-    for p in (pred_path, scores_path):
+    for p in (pred_path, scores_path, curve_path):
         tracking.log_artifact(run, p)
     run_ids = {r.row["run_key"]: r.row["mlflow_run_id"] for r in plan.extra["runs"]}
     for r in out["rows"]:  # each classifier's own MLflow run gets its predictions

@@ -151,6 +151,7 @@ def finish(study: Study, plan: Plan, outcomes: list[Outcome], ctx: dict) -> dict
                 "search_study": int((spec.extra or {}).get("search", {}).get("study", -1)),
                 "search_trial": int((spec.extra or {}).get("search", {}).get("trial", -1)),
                 "train_fraction": spec.train_fraction,
+                "label_noise": spec.data.label_noise,
             }
         )
         failed.append(f"{spec.label} (run key {spec.key}): {reason.splitlines()[0][:500]}")

@@ -116,6 +116,16 @@ FIGURES = [
         "and SDE time, SVAG keeps SDE time: the rule holds where the curves coincide (Goyal et al. 2017; Li, "
         "Malladi, Arora 2021; Malladi et al. 2022).",
     ),
+    (
+        9,
+        REPORT_FIGURES[7],
+        "The GAN predictor along GAN training",
+        "For generator snapshots kept along GAN training (gan.snapshots): left, the class-conditional Fréchet "
+        "distance of the snapshot's samples to the validation part (log scale), with the gate's limit (5 × the "
+        "real-data floor FD(train, val)) dashed; right, the GAN predictor's Kendall τ and MAE (percentage points) "
+        "against the classifiers' true test errors. x axis: GAN training time in seconds on this machine (the "
+        "step of each point is in gan_curve.parquet).",
+    ),
 ]
 
 CAVEATS = [
@@ -231,6 +241,11 @@ def build_report(
         6: lambda p: _figure(lambda: ftrain.summary_bars(data.runs, final_metric), p),
         7: lambda p: _gan_grid(gan_grid, p),
         8: lambda p: _figure(lambda: ftrain.scaling_rules(data.runs, curves), p),
+        9: lambda p: (
+            (None, data.missing.get("gan_curve.parquet", "no GAN snapshots (set gan.snapshots > 0)"))
+            if data.gan_curve is None
+            else _figure(lambda: fgen.gan_curve(data.gan_curve), p)
+        ),
     }
     entries, written, skipped = [], [], []
     for number, stem, title, caption in FIGURES:

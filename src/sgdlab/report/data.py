@@ -34,6 +34,7 @@ class StudyData:
     predictions: list[dict[str, Any]] | None = None
     scores: list[dict[str, Any]] | None = None
     missing: dict[str, str] = field(default_factory=dict)
+    gan_curve: list[dict[str, Any]] | None = None
 
 
 def load_study(results_dir: Path | str) -> StudyData:
@@ -69,7 +70,11 @@ def load_study(results_dir: Path | str) -> StudyData:
             densities, missing[p.name] = None, f"{p.name} is unreadable: {exc}"
 
     tables: dict[str, list[dict[str, Any]] | None] = {}
-    for key, phase in (("predict.predictions", "the predict phase"), ("predict.scores", "the scoring phase")):
+    for key, phase in (
+        ("predict.predictions", "the predict phase"),
+        ("predict.scores", "the scoring phase"),
+        ("predict.gan_curve", "the predict phase, with gan.snapshots > 0,"),
+    ):
         p = paths[key]
         name = p.name
         tables[name] = None
@@ -84,7 +89,12 @@ def load_study(results_dir: Path | str) -> StudyData:
         if tables[name] is None:
             missing[name] = f"{name} has no rows"
     return StudyData(
-        runs, densities, tables[paths["predict.predictions"].name], tables[paths["predict.scores"].name], missing
+        runs,
+        densities,
+        tables[paths["predict.predictions"].name],
+        tables[paths["predict.scores"].name],
+        missing,
+        tables[paths["predict.gan_curve"].name],
     )
 
 

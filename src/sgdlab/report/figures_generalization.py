@@ -128,3 +128,42 @@ def measures_vs_error(predictions: list[dict[str, Any]] | None) -> Figure:
     fig.legend(handles=handles, loc="outside right upper", title="optimizer")
     fig.suptitle("Generalization measures vs generalization gap\n(τ > 0: a higher measure goes with a larger gap)")
     return fig
+
+
+@styled
+def gan_curve(curve: list[dict[str, Any]] | None, fd_floor: float | None = None) -> Figure:
+    """FD to the validation part and the GAN predictor's tau and MAE against GAN training time (seconds)."""
+    if not curve:
+        raise SkipFigure("no GAN snapshots (set gan.snapshots > 0)")
+    rows = sorted(curve, key=lambda r: r["step"])
+    if fd_floor is None and rows[0].get("fd_floor") is not None:
+        fd_floor = float(rows[0]["fd_floor"])
+    t = np.array([float(r["train_seconds"]) for r in rows])
+    fd = np.array(
+        [float(r["fd_synthetic_vs_val"]) if r.get("fd_synthetic_vs_val") is not None else np.nan for r in rows]
+    )
+    tau = np.array([float(r["kendall_tau"]) for r in rows])
+    err = np.array([100 * float(r["mae"]) for r in rows])
+    fig = Figure(figsize=(10, 3.6))
+    ax_fd, ax_tau = fig.subplots(1, 2)
+    if np.isfinite(fd).any():
+        ax_fd.plot(t, fd, "o-", color="C0")
+        ax_fd.set_yscale("log")
+        if fd_floor is not None and math.isfinite(fd_floor):
+            ax_fd.axhline(5 * fd_floor, ls="--", color="0.4", label=f"gate: 5 × floor ({5 * fd_floor:.3g})")
+            ax_fd.legend(fontsize=8)
+    else:
+        ax_fd.text(0.5, 0.5, "no FD (gan.frechet_steps = 0)", ha="center", va="center", transform=ax_fd.transAxes)
+    ax_fd.set(xlabel="GAN training time (s)", ylabel="class-conditional FD to validation", title="Sample quality")
+    ax_tau.plot(t, tau, "o-", color="C1", label="Kendall τ")
+    ax_tau.axhline(0.8, ls=":", color="C1", lw=1)
+    ax_tau.set_ylim(-1.05, 1.05)
+    ax_tau.set(xlabel="GAN training time (s)", ylabel="Kendall τ (pred vs true test error)", title="GAN predictor")
+    ax_mae = ax_tau.twinx()
+    ax_mae.plot(t, err, "s--", color="C2", label="MAE (pp)")
+    ax_mae.set_ylabel("MAE (percentage points)")
+    ax_mae.set_ylim(bottom=0)
+    handles = ax_tau.get_legend_handles_labels()[0] + ax_mae.get_legend_handles_labels()[0]
+    ax_tau.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="center right")
+    fig.tight_layout()
+    return fig
