@@ -157,6 +157,27 @@ PROFILES: dict[str, dict[str, Any]] = {
         device="cpu",
         precision="fp32",
     ),
+    # The long CPU generator of `make study-gan` (paid once per training set: models/_shared/gan/): the
+    # widths that gave the lowest FD per second of training among bench/gan_select.py's candidates on
+    # 2026-12-03 ("global_wide": FD to validation 281 after 389 s vs 331-634 for the narrower and the
+    # sum-pooled designs at the same time), trained ~1 hour on this 2-core machine.
+    "cpu_long": dict(
+        z_dim=64,
+        g_widths=(128, 64, 32),
+        d_widths=(32, 64, 128),
+        steps=10000,
+        batch_size=64,
+        lr_g=2e-4,
+        lr_d=2e-4,
+        betas=(0.5, 0.999),
+        n_dis=1,
+        d_mbstd_group=4,
+        mode_seeking=0.1,
+        ema_decay=0.999,
+        device="cpu",
+        precision="fp32",
+        log_every=100,
+    ),
     # Wider nets, larger batches, more steps; not measured on a GPU in this project yet.
     "gpu": dict(
         z_dim=128,
