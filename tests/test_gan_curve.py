@@ -41,9 +41,16 @@ def _cfg(name, snapshots=2):
             },
             "probe": {"subset_size": 10, "every": 0, "trace_probes": 2, "density_probes": 0, "max_iter": 10},
             "gan": {
-                "overrides": {"steps": 4, "batch_size": 8, "bn_stat_batches": 1, "g_widths": [8, 8, 4], "d_widths": [4, 8, 8]},
-                "n_per_class": 500,  # = prediction.CURVE_PER_CLASS: the last curve point is the final predictor
+                "overrides": {
+                    "steps": 4,
+                    "batch_size": 8,
+                    "bn_stat_batches": 1,
+                    "g_widths": [8, 8, 4],
+                    "d_widths": [4, 8, 8],
+                },
+                "n_per_class": 30,  # < prediction.CURVE_PER_CLASS: the curve uses 30, so its last point is the final predictor
                 "frechet_steps": 3,
+                "seed": 3,
                 "snapshots": snapshots,
             },
             "predict": {"flatness": {"n_samples": 2, "n_iter": 2}},
@@ -57,7 +64,7 @@ def test_snapshots_give_the_curve_and_its_last_point_is_the_final_predictor(tmp_
     from sgdlab.prediction import CURVE_PER_CLASS
     from sgdlab.study import Study
 
-    assert CURVE_PER_CLASS == 500
+    assert CURVE_PER_CLASS > 30
     monkeypatch.setenv("SGDLAB_HOME", str(tmp_path))
     _dataset(tmp_path / "data")
     cfg = _cfg("curve")
@@ -73,12 +80,14 @@ def test_snapshots_give_the_curve_and_its_last_point_is_the_final_predictor(tmp_
 
     run_local(cfg, "predict")
     rows = results.read_table(study.path("predict", "gan_curve"))
-    assert [r["step"] for r in rows] == [2, 4] and all(r["n_classifiers"] == 4 for r in rows)
+    assert [r["step"] for r in rows] == [2, 4] and all(r["n_classifiers"] == 4 and r["n_per_class"] == 30 for r in rows)
     scores = {s["predictor"]: s for s in results.read_table(study.path("predict", "scores"))}
     # the last snapshot is the final generator, sampled with the same seed and size: the same predictions
     assert rows[-1]["mae"] == pytest.approx(scores["gan"]["mae"], abs=1e-12)
     assert rows[-1]["kendall_tau"] == pytest.approx(scores["gan"]["kendall_tau"], abs=1e-12)
-    assert rows[-1]["fd_floor"] == pytest.approx(json.loads(study.path("gan", "meta").read_text())["frechet_train_vs_val"])
+    assert rows[-1]["fd_floor"] == pytest.approx(
+        json.loads(study.path("gan", "meta").read_text())["frechet_train_vs_val"]
+    )
 
     run_local(cfg, "report")
     png = study.results_dir / "report" / "fig9_gan_curve.png"

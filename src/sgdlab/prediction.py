@@ -63,7 +63,9 @@ def training_set_hash(x, y) -> str:
     return h.hexdigest()
 
 
-CURVE_PER_CLASS = 500  # samples per class behind each point of the FD-vs-time and tau-vs-time curves
+# samples per class behind each point of the FD-vs-time and tau-vs-time curves: this many, or the synthetic
+# set's n_per_class when smaller (then the last point is exactly the final GAN predictor)
+CURVE_PER_CLASS = 500
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -179,6 +181,7 @@ def train_and_sample(
             shutil.rmtree(snap_dir, ignore_errors=True)  # the snapshots of another generator
             snap_dir.mkdir(parents=True)
             every = max(1, gan_cfg.steps // snapshots)
+            curve_n = min(n_per_class, CURVE_PER_CLASS)
             fd_ok = bool(frechet_steps) and counts.min() >= 2
 
             def monitor(step: int, seconds: float, g) -> None:
@@ -194,7 +197,7 @@ def train_and_sample(
                 )
                 row = {"step": step, "train_seconds": round(seconds, 2)}
                 if fd_ok:
-                    xs, ys = sample_synthetic(g, num_classes, CURVE_PER_CLASS, seed, device=x_train.device)
+                    xs, ys = sample_synthetic(g, num_classes, curve_n, seed, device=x_train.device)
                     row["fd_synthetic_vs_val"] = class_conditional_frechet(
                         feature_net(), xs, ys, x_ref, y_ref, num_classes
                     ).mean
@@ -278,6 +281,8 @@ def train_and_sample(
         "generator_hash": g_hash,
         "wall_time_s": res.wall_time_s,
         "steps": res.steps,
+        "sample_seed": seed,  # the synthetic set's latents (the curve samples its snapshots with them too)
+        "n_per_class": n_per_class,
         "reused_from": reused_from,
         **fd,
     }
@@ -426,11 +431,17 @@ def _load_classifier(spec, ckpt_path, splits):
 
 
 def gan_curve(
-    snap_dir: Path | str, specs_and_ckpts: list[tuple[Any, str, dict]], splits, rows, seed: int
+    snap_dir: Path | str,
+    specs_and_ckpts: list[tuple[Any, str, dict]],
+    splits,
+    rows,
+    seed: int,
+    per_class: int = CURVE_PER_CLASS,
 ) -> list[dict]:
     """The GAN predictor along GAN training: for every generator snapshot of the gan phase (``snap_dir``:
     ``step_*.pt`` and ``curve.json``), its step, training seconds and FD to the validation part, and the MAE
-    and Kendall tau of its predictions (error on :data:`CURVE_PER_CLASS` samples per class) against the true
+    and Kendall tau of its predictions (error on ``per_class`` samples per class, latents seeded by ``seed`` as
+    the synthetic set's) against the true
     test errors of the classifiers in ``rows`` that the GAN predictor scores (finite ``pred/gan``), and
     ``err_gap`` = mean error on the snapshot's samples - mean validation error. [] without snapshots."""
     import math
@@ -450,7 +461,7 @@ def gan_curve(
     sets = []
     for f in files:
         g, info = load_snapshot(f, device)
-        sets.append((info, *sample_synthetic(g, splits.num_outputs, CURVE_PER_CLASS, seed, device=device)))
+        sets.append((info, *sample_synthetic(g, splits.num_outputs, per_class, seed, device=device)))
     pred: list[dict[str, float]] = [{} for _ in sets]
     for spec, ckpt_path, run in specs_and_ckpts:
         if run["run_key"] not in scored:
@@ -473,7 +484,7 @@ def gan_curve(
                 "kendall_tau": kendall_tau(ps, true),
                 "err_gap": float(np.mean(ps)) - val,
                 "n_classifiers": len(keys),
-                "n_per_class": CURVE_PER_CLASS,
+                "n_per_class": per_class,
             }
         )
     return out

@@ -67,14 +67,16 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
     for s in scores:  # the GAN predictor's scores carry its gate: never shown as trustworthy when it fails
         if s["predictor"] == "gan":
             s.update(gate=gate["verdict"], gate_note=gate["note"], gate_reasons="; ".join(gate["reasons"]))
-    from sgdlab.prediction import gan_curve
+    from sgdlab.prediction import CURVE_PER_CLASS, gan_curve
 
+    syn_meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     curve = gan_curve(
         study.path("gan", "snapshots"),
         [(r.spec, r.checkpoint, r.row) for r in runs],
         splits,
         rows,
-        seed=study.cfg.study.seed,
+        seed=int(syn_meta.get("sample_seed", 0)),  # the synthetic set's latents
+        per_class=min(CURVE_PER_CLASS, len(y_syn) // splits.num_outputs),
     )
     floor = json.loads(meta_path.read_text()).get("frechet_train_vs_val") if meta_path.is_file() else None
     curve = [{**c, "fd_floor": floor} for c in curve]  # the real-data floor FD(train, val): the gate's unit
