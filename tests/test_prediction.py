@@ -63,6 +63,13 @@ def test_gan_phase_reads_only_the_training_part(tmp_path, mlflow_store, monkeypa
     assert second["trained"] is False and second["generator_hash"] == out["generator_hash"]
     assert "_shared/gan/" in second["reused_from"]
     assert "gan-test-2" in second["checkpoint"] and Path(second["checkpoint"]).is_file()  # its own DVC output
+    # without the shared cache (another machine): the generator another study has as its DVC output
+    import shutil
+
+    shutil.rmtree(tmp_path / "models" / "_shared")
+    fourth = run_local(cfg.model_copy(update={"study": cfg.study.model_copy(update={"name": "gan-test-4"})}), "gan")
+    assert fourth["trained"] is False and fourth["generator_hash"] == out["generator_hash"]
+    assert fourth["reused_from"].endswith("gan/generator.pt") and "_shared" not in fourth["reused_from"]
     # a different training part (validation split changed) never reuses it
     split = from_dict({**cfg.model_dump(mode="json"), "study": {"name": "gan-test-3", "device": "cpu"},
                        "data": {"val_fraction": 0.2, "probe_size": 10}})  # fmt: skip

@@ -98,6 +98,7 @@ def train_and_sample(
     progress: Callable | None = None,
     shared_dir: Path | None = None,
     snapshots: int = 0,
+    other_studies: Path | None = None,
 ) -> dict[str, Any]:
     """Train (or reuse) the GAN on the training part, sample the synthetic set, measure its quality.
 
@@ -117,6 +118,9 @@ def train_and_sample(
     ``paths["snapshots"]`` (``step_<step>.pt``, the last one the final generator) and their FD to the held-out
     set against GAN training time in ``curve.json`` there: the FD-vs-time curve; the predict phase adds tau
     and MAE per snapshot. A reused generator brings the snapshots it was trained with (from the shared cache).
+    ``other_studies``: a results root whose ``*/gan/gan.json`` are searched (after the shared cache) for a
+    generator of the same config and training set: the studies' own DVC outputs, so a generator that `dvc pull`
+    brought with another study is reused too.
     Returns a dict of paths and figures (small; safe to pass between tasks)."""
     from sgdlab.data.parquet import write_split
     from sgdlab.gan import (
@@ -172,6 +176,27 @@ def train_and_sample(
         if res is not None:
             _copy_atomic(shared, ckpt)
             reused_from = str(shared)
+    if res is None and other_studies is not None:
+        for other in sorted(Path(other_studies).glob("*/gan/gan.json")):
+            if other.resolve() == meta_path.resolve():
+                continue
+            try:
+                theirs = json.loads(other.read_text())
+            except ValueError:
+                continue
+            cand = other.parent / "generator.pt"
+            if (
+                theirs.get("config") == want["config"]
+                and theirs.get("train_hash") == want["train_hash"]
+                and cand.is_file()
+            ):
+                res = load(cand)
+                if res is not None:
+                    _copy_atomic(cand, ckpt)
+                    reused_from = str(cand)
+                    if shared is not None and not shared.is_file():
+                        _copy_atomic(cand, shared)
+                    break
     if res is None:
         curve: list[dict] = []
         monitor, every = None, 0

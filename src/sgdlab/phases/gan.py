@@ -78,6 +78,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
             progress=progress_lines("gan: training"),
             shared_dir=study.models_dir.parent / "_shared" / "gan",  # one generator per training set and config
             snapshots=g.snapshots,
+            other_studies=study.results_dir.parent,  # their DVC-versioned generators (e.g. after `dvc pull`)
             # the test split only for the Frechet diagnostic, after the GAN is trained
             diagnostics={"test": (splits.x_test, splits.y_test)},
         )
