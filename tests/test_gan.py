@@ -251,3 +251,33 @@ def test_gan_phase_progress_lines_are_throttled_and_always_end(capsys):
     p = progress_lines("x", every_s=0.0)
     p(1, 3), p(2, 3)
     assert capsys.readouterr().out.splitlines()[0].startswith("x: step 1/3")
+
+
+def test_border_fill_is_the_background_and_fill_settings_are_validated():
+    from sgdlab.gan.train import border_fill
+
+    x = torch.full((3, 1, 28, 28), -1.0)
+    x[:, :, 4:24, 4:24] = 0.7  # a bright object on a black background, in [-1, 1] units
+    assert border_fill(x) == pytest.approx(-1.0)
+    sig = torch.zeros(2, 1, 40)
+    sig[:, :, 0], sig[:, :, -1] = 0.2, 0.4
+    assert border_fill(sig) == pytest.approx(0.3)  # 1-D signals: both ends
+    assert GANConfig(diffaugment_fill=-0.5).diffaugment_fill == -0.5
+    for bad in ("edge", 2.0, True):
+        with pytest.raises(ValueError, match="diffaugment_fill"):
+            GANConfig(diffaugment_fill=bad)
+    with pytest.raises(ValueError, match="d_head"):
+        GANConfig(d_head="mean")
+
+
+def test_flatten_head_sees_the_whole_map_and_sum_head_pools_it():
+    from sgdlab.gan.nets import ProjectionDiscriminator
+
+    flat = ProjectionDiscriminator((1, 28, 28), 10, (4, 8, 8), head="flatten")
+    pooled = ProjectionDiscriminator((1, 28, 28), 10, (4, 8, 8), head="sum")
+    # one projection weight per (channel, position) of the 7x7 map vs one per channel
+    assert flat.embed.weight.shape == (10, 8 * 7 * 7) and pooled.embed.weight.shape == (10, 8)
+    x, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    assert flat(x, y).shape == (2,) and pooled(x, y).shape == (2,)
+    with pytest.raises(ValueError, match="head"):
+        ProjectionDiscriminator((1, 28, 28), 10, (4, 8, 8), head="max")
