@@ -272,3 +272,19 @@ def test_hooks_see_each_member_exactly_as_its_single_run_does():
         assert [(s, lr_) for s, lr_, _ in log] == [(s, lr_) for s, lr_, _ in alone_log]
         assert [n for *_, n in log] == pytest.approx([n for *_, n in alone_log], rel=1e-12)
         _same_points(m.metric_sink, sink, 1e-9)
+
+
+@pytest.mark.parametrize("opt,shared", [("adam", True), ("momentum", True), ("lion", False)])
+def test_torch_optim_members_take_one_shared_foreach_update(monkeypatch, opt, shared):
+    """sgd/momentum/nesterov/adam/adamw/rmsprop_bc members step in foreach calls (foreach_step.py); others alone."""
+    import sgdlab.train.population as pop
+
+    calls = []
+    real = pop.foreach_step
+    monkeypatch.setattr(pop, "foreach_step", lambda opts: (calls.append(len(opts)), real(opts)))
+    data = _data()
+    members = _members(opt, data, pairs=SEEDS_LRS[:3], steps=10)
+    train_population(members)
+    assert calls == ([3] * 10 if shared else [])
+    alone, _, _ = _alone(opt, 0, SEEDS_LRS[0][1], data, steps=10)
+    assert _max_diff(members[0].model, alone) < 1e-12
