@@ -279,3 +279,25 @@ def test_population_sweep_matches_one_at_a_time(prefect_harness, mlflow_store, t
     tags = {c.data.tags["trained_as"] for c in _children("pop-auto")}
     assert tags == {"alone", "population of 4"}, tags
     assert {c.data.tags["trained_as"] for c in _children("pop-off")} == {"alone"}
+
+
+def test_population_groups_respect_size_limits_and_keep_workers_busy():
+    """populations(): same-setting keys group (seeds x lrs), capped by members; models above max_params train
+    alone; fewer groups than workers -> the largest group is halved."""
+    from sgdlab.phases.sweep import populations
+
+    cfg = _cfg(sweep={"seeds": [0, 1, 2, 3]})  # sgd x4, momentum (2 lrs) x4, adam x4: three groups of 4 / 8 / 4
+    specs = expand(cfg, _data(), n_train=180)
+    sizes = lambda groups: sorted(len(g) for g in groups)  # noqa: E731
+    assert sizes(populations(specs, 16)) == [4, 4, 8]
+    assert sizes(populations(specs, 3)) == [1, 1, 2, 3, 3, 3, 3]  # 4 -> 3+1 (twice), 8 -> 3+3+2
+    assert sizes(populations(specs, 16, workers=4)) == [4, 4, 4, 4]  # the momentum group halved
+    assert sizes(populations(specs, 16, workers=8)) == [2, 2, 2, 2, 2, 2, 2, 2]
+    for g in populations(specs, 16, workers=4):  # a group never mixes settings other than seed and lr
+        assert len({(s.optimizer, s.batch_size, s.steps) for s in g}) == 1
+    big = populations(specs, 16, max_params=100, n_params=lambda s: 101)
+    assert sizes(big) == [1] * 16  # every model over the limit: all alone
+    small = populations(specs, 16, max_params=100, n_params=lambda s: 100)
+    assert sizes(small) == [4, 4, 8]
+    keys = [s.key for g in populations(specs, 3, workers=4) for s in g]
+    assert sorted(keys) == sorted(s.key for s in specs)  # every key exactly once

@@ -19,7 +19,13 @@ def plan(study: Study) -> Plan:
         {"train": study.cfg.train.model_dump(mode="json"), "sweep": study.cfg.sweep.model_dump(mode="json")}
     )
     orch = study.cfg.orchestration
-    groups = populations(specs, orch.population_max_members) if orch.population == "auto" else [[s] for s in specs]
+    if orch.population == "auto":
+        groups = populations(
+            specs, orch.population_max_members, workers=orch.max_workers,
+            max_params=orch.population_max_params, n_params=_param_counter(study, data),
+        )  # fmt: skip
+    else:
+        groups = [[s] for s in specs]
     units = []
     for g in groups:
         if len(g) == 1:
@@ -38,19 +44,48 @@ def plan(study: Study) -> Plan:
     )
 
 
-def populations(specs: list[RunSpec], max_members: int) -> list[list[RunSpec]]:
+def _param_counter(study: Study, data):
+    """spec -> trainable parameters of its model (built on the meta device: no memory, no init compute)."""
+    from sgdlab.models import build_model, param_count
+
+    splits = study.load(data)  # memoised: the sweep's units reuse it
+    memo: dict[str, int] = {}
+
+    def count(spec: RunSpec) -> int:
+        key = repr((spec.model, sorted(spec.model_kwargs.items())))
+        if key not in memo:
+            kw = spec.model_kwargs
+            model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **kw)
+            memo[key] = param_count(model)
+        return memo[key]
+
+    return count
+
+
+def populations(
+    specs: list[RunSpec], max_members: int, *, workers: int = 1, max_params: int | None = None, n_params=None
+) -> list[list[RunSpec]]:
     """Group run keys that may share vectorised updates: same data, model, optimizer family, batch size,
     steps, loop and probe settings (seeds and hyper-parameters differ), and a family the population path
-    supports. At most ``max_members`` per group; the rest (and singletons) train alone. Order is kept."""
+    supports. At most ``max_members`` per group; the rest (and singletons) train alone. Order is kept.
+
+    ``max_params`` with ``n_params(spec)``: models with more parameters train alone (on a CPU a large model's
+    step is compute-bound and batching it was slower, README "Populations"). ``workers``: while there are fewer
+    groups than workers, the largest group is halved, so a population does not leave workers idle."""
     import json
     from dataclasses import asdict
 
     from sgdlab.train.population import POPULATION_FAMILIES
 
+    def joins(s: RunSpec) -> bool:
+        if s.optimizer not in POPULATION_FAMILIES or s.loop.get("physical_batch_size") or s.loop.get("compile"):
+            return False
+        return max_params is None or n_params(s) <= max_params
+
     groups: dict[str, list[RunSpec]] = {}
     order: list[str] = []
     for s in specs:
-        if s.optimizer in POPULATION_FAMILIES and not s.loop.get("physical_batch_size") and not s.loop.get("compile"):
+        if joins(s):
             key = json.dumps(
                 [asdict(s.data), s.model, s.model_kwargs,
                  s.optimizer, s.batch_size, s.steps, s.loop, s.probe], sort_keys=True, default=str,
@@ -64,6 +99,10 @@ def populations(specs: list[RunSpec], max_members: int) -> list[list[RunSpec]]:
     for key in order:
         g = groups[key]
         out.extend(g[i : i + max_members] for i in range(0, len(g), max_members))
+    while len(out) < workers and max(map(len, out), default=1) > 1:
+        i = max(range(len(out)), key=lambda j: len(out[j]))
+        g = out[i]
+        out[i : i + 1] = [g[: (len(g) + 1) // 2], g[(len(g) + 1) // 2 :]]
     return out
 
 
