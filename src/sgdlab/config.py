@@ -414,10 +414,10 @@ class OrchestrationConfig(_Frozen):
     max_workers: int = Field(2, ge=1)
     dask_address: str | None = None  # None with task_runner=dask: a LocalCluster of max_workers workers
     # auto: sweep keys that differ only in seed and optimizer hyper-parameters train as one population (one
-    # vectorised forward/backward per step; sgdlab.train.population); off: every key alone. Off by default:
-    # on 2 CPU cores batching pays for small models (16 diagonal linear nets: 2.1x) but not for a 784-256-10
-    # MLP (1.02x), and the default study's sweep was slower with it (53-57 s vs 49 s; README "Populations")
-    population: Literal["auto", "off"] = "off"
+    # vectorised forward/backward per step; sgdlab.train.population) when their model has at most
+    # population_max_params parameters; off: every key alone. On 2 CPU cores batching pays for small models
+    # (16 diagonal linear nets: ~4x) but not for a 784-256-10 MLP (~0.9x), hence the size limit (README "Populations")
+    population: Literal["auto", "off"] = "auto"
     population_max_members: int = Field(16, ge=1)
     # auto groups only models with at most this many trainable parameters. Measured on 2 CPU cores (8 SGD runs,
     # one thread, population / one at a time): MLP 784-16 1.3-1.45x, 784-64 1.0-1.4x, 784-256 0.74-0.86x; the
