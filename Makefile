@@ -39,7 +39,7 @@ bench-hessian: setup ## HVP cost / gradient cost; lambda_max and trace vs PyHess
 	$(PY) bench/bench_hessian.py --repeats 7 --threads 1 --trace-probes 30 --out bench/results/hessian.json
 
 bench-population: setup ## 16 runs as one population vs one at a time (MLP 784-256-10 and diagonal linear nets; ratio in one run)
-	$(PY) bench/bench_population.py --members 16 --steps 200 --repeats 3 --out bench/results/population.json
+	$(PY) bench/bench_population.py --members 16 --steps 200 --repeats 3 --threads 1 --out bench/results/population.json
 
 bench-tracking: setup ## parallel writers into sqlite (8) and MLflow-on-PostgreSQL (16): points lost, lock errors, points/s; sgdlab run on each
 	$(PY) bench/bench_tracking.py --out bench/results/tracking.json
