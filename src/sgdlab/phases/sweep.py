@@ -48,12 +48,12 @@ def _param_counter(study: Study, data):
     """spec -> trainable parameters of its model (built on the meta device: no memory, no init compute)."""
     from sgdlab.models import build_model, param_count
 
-    splits = study.load(data)  # memoised: the sweep's units reuse it
     memo: dict[str, int] = {}
 
     def count(spec: RunSpec) -> int:
         key = repr((spec.model, sorted(spec.model_kwargs.items())))
         if key not in memo:
+            splits = study.load(data)  # memoised per process: the sweep's units reuse it
             kw = spec.model_kwargs
             model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **kw)
             memo[key] = param_count(model)
