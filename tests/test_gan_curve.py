@@ -58,7 +58,9 @@ def _cfg(name, snapshots=2):
     )
 
 
-def test_snapshots_give_the_curve_and_its_last_point_is_the_final_predictor(tmp_path, mlflow_store, monkeypatch):
+def test_snapshots_give_the_curve_and_its_last_point_is_the_final_predictor(
+    tmp_path, mlflow_store, monkeypatch, capsys
+):
     from sgdlab import results
     from sgdlab.phases import run_local
     from sgdlab.prediction import CURVE_PER_CLASS
@@ -78,7 +80,10 @@ def test_snapshots_give_the_curve_and_its_last_point_is_the_final_predictor(tmp_
     assert all(np.isfinite(c["fd_synthetic_vs_val"]) and c["train_seconds"] >= 0 for c in curve)
     assert curve[0]["train_seconds"] <= curve[1]["train_seconds"]
 
+    capsys.readouterr()
     run_local(cfg, "predict")
+    out = capsys.readouterr().out  # the pass over the classifiers shows progress (minutes on a large population)
+    assert "predict: classifier 4/4 [" in out and "predict: GAN snapshots: classifier 4/4 [" in out
     rows = results.read_table(study.path("predict", "gan_curve"))
     assert [r["step"] for r in rows] == [2, 4] and all(r["n_classifiers"] == 4 and r["n_per_class"] == 30 for r in rows)
     scores = {s["predictor"]: s for s in results.read_table(study.path("predict", "scores"))}

@@ -368,8 +368,10 @@ def predict_population(
     probe_rows: dict[str, dict] | None = None,
     flatness: dict | None = None,
     hessian: dict | None = None,
+    progress=None,
 ) -> list[dict[str, Any]]:
     """Every predictor on every classifier: ``(spec, checkpoint, row)`` triples from the sweep.
+    ``progress(done, total)`` is called after each classifier.
 
     Rows hold ``true/test_err`` (error on the real test split: the target, used only for scoring),
     ``pred/<name>`` predicted test errors and ``measure/<name>`` generalization measures (larger =
@@ -436,6 +438,8 @@ def predict_population(
         ).predict(model)
         row["true/gap"] = row["true/test_err"] - row["true/train_err"]
         rows.append(row)
+        if progress is not None:
+            progress(len(rows), len(specs_and_ckpts))
     return rows
 
 
@@ -462,13 +466,15 @@ def gan_curve(
     rows,
     seed: int,
     per_class: int = CURVE_PER_CLASS,
+    progress=None,
 ) -> list[dict]:
     """The GAN predictor along GAN training: for every generator snapshot of the gan phase (``snap_dir``:
     ``step_*.pt`` and ``curve.json``), its step, training seconds and FD to the validation part, and the MAE
     and Kendall tau of its predictions (error on ``per_class`` samples per class, latents seeded by ``seed`` as
     the synthetic set's) against the true
     test errors of the classifiers in ``rows`` that the GAN predictor scores (finite ``pred/gan``), and
-    ``err_gap`` = mean error on the snapshot's samples - mean validation error. [] without snapshots."""
+    ``err_gap`` = mean error on the snapshot's samples - mean validation error. [] without snapshots.
+    ``progress(done, total)`` is called after each classifier."""
     import math
 
     from sgdlab.gan import load_snapshot, sample_synthetic
@@ -494,6 +500,8 @@ def gan_curve(
         model = _load_classifier(spec, ckpt_path, splits)
         for i, (_, xs, ys) in enumerate(sets):
             pred[i][run["run_key"]] = classification_error(model, xs, ys)
+        if progress is not None:
+            progress(len(pred[0]), len(scored))
     keys = [k for k in scored if k in pred[0]]
     true = [scored[k]["true/test_err"] for k in keys]
     val = float(np.mean([scored[k]["pred/val"] for k in keys]))

@@ -25,9 +25,10 @@ def gan_config(study: Study):
         raise ConfigError(f"params.yaml: gan: {exc}") from None
 
 
-def progress_lines(label: str = "gan", every_s: float = 5.0):
+def progress_lines(label: str = "gan", every_s: float = 5.0, unit: str = "step"):
     """``progress(step, total)`` printing one line at most every ``every_s`` seconds (and at the end), so a
-    GAN training of minutes shows it is alive also when stdout is a file or a pipe."""
+    GAN training (or the predict phase's pass over the classifiers) of minutes shows it is alive also when
+    stdout is a file or a pipe."""
     import time
 
     t0 = time.monotonic()
@@ -37,7 +38,7 @@ def progress_lines(label: str = "gan", every_s: float = 5.0):
         now = time.monotonic()
         if now - last[0] >= every_s or step >= total:
             last[0] = now
-            print(f"{label}: step {step}/{total} [{now - t0:.0f} s]", flush=True)
+            print(f"{label}: {unit} {step}/{total} [{now - t0:.0f} s]", flush=True)
 
     return progress
 

@@ -38,6 +38,7 @@ def plan(study: Study) -> Plan:
 
 
 def unit(study: Study, payload: dict, ctx: dict) -> dict:
+    from sgdlab.phases.gan import progress_lines
     from sgdlab.prediction import load_synthetic, predict_population, score_predictors
 
     runs = study.finished_runs()
@@ -58,6 +59,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
         probe_rows=probe_rows,
         flatness=study.cfg.predict.flatness.model_dump(),
         hessian={"subset_size": p.subset_size, "tol": p.tol, "trace_probes": p.trace_probes},
+        progress=progress_lines("predict", unit="classifier"),
     )
     scores = score_predictors(rows) if len(rows) >= 2 else []
     from sgdlab.generalization.gate import gan_quality_gate
@@ -77,6 +79,7 @@ def unit(study: Study, payload: dict, ctx: dict) -> dict:
         rows,
         seed=int(syn_meta.get("sample_seed", 0)),  # the synthetic set's latents
         per_class=min(CURVE_PER_CLASS, len(y_syn) // splits.num_outputs),
+        progress=progress_lines("predict: GAN snapshots", unit="classifier"),
     )
     floor = json.loads(meta_path.read_text()).get("frechet_train_vs_val") if meta_path.is_file() else None
     curve = [{**c, "fd_floor": floor} for c in curve]  # the real-data floor FD(train, val): the gate's unit
