@@ -57,5 +57,5 @@ recipes: setup ## every paper recipe at quick scale, each ends with its PASS/FAI
 	@for r in $$(.venv/bin/python -c "from sgdlab.recipes import list_recipes; print(' '.join(list_recipes()))"); do \
 		.venv/bin/sgdlab recipe run $$r || echo "recipe $$r: FAIL (see above)"; done
 
-study-gan: setup ## the GAN-predictor study: 32 classifiers on Fashion-MNIST, the long CPU generator (~1 h, once per training set), every predictor scored
+study-gan: setup ## the GAN-predictor study: 60 classifiers on Fashion-MNIST, the long CPU generator (~1 h, once per training set; ~95 min in all the first time, 26 min after), every predictor scored
 	sgdlab run --profile population --set study.name=population
