@@ -214,3 +214,25 @@ def test_model_width_is_a_scored_axis():
     assert "model_kwargs" in AXES
     s = score_predictors(rows)[0]
     assert s["psi"] is not None and s["pgdl"] is not None  # the widths are the varied axis
+
+
+def test_frechet_diagnostic_compares_references_of_one_size(tmp_path):
+    """FD(synthetic, test) vs FD(synthetic, train) is only a fair comparison at equal reference sizes (an FD
+    estimate's bias shrinks as the reference grows): every diagnostic reference is cut to the train sample's n."""
+    from sgdlab.gan import GANConfig
+    from sgdlab.prediction import train_and_sample
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 1, 28, 28, generator=g)
+    y = torch.arange(300) % 10
+    x_ref, y_ref = x[:40] + 0.01, y[:40]  # a held-out set of 40: n = max(40, 2000) capped by the 300 examples
+    paths = {k: tmp_path / f"{k}.{ext}" for k, ext in
+             (("generator", "pt"), ("synthetic", "parquet"), ("samples", "png"), ("meta", "json"))}  # fmt: skip
+    cfg = GANConfig.profile("cpu", steps=2, batch_size=8, bn_stat_batches=1, device="cpu")
+    out = train_and_sample(
+        x, y, 10, "h" * 64, cfg, paths, n_per_class=4, seed=0, x_ref=x_ref, y_ref=y_ref, frechet_steps=2,
+        diagnostics={"all_train": (torch.cat([x, x]), torch.cat([y, y]))},  # 600 examples, the first 300 = train
+    )  # fmt: skip
+    assert out["frechet_diagnostic_n"] == 300
+    # the diagnostic reference is cut to the same 300 examples as the train sample: the same number exactly
+    assert out["frechet_synthetic_vs_all_train"] == out["frechet_synthetic_vs_train"]

@@ -289,14 +289,17 @@ def train_and_sample(
         fd["frechet_train_vs_val"] = class_conditional_frechet(
             net, x_train[:n], y_train[:n], x_ref, y_ref, num_classes
         ).mean
-        # the paper's diagnostic: synthetic vs test and vs (a same-size sample of) the training data
+        # the paper's diagnostic: synthetic vs test and vs the training data, each reference cut to the same n
+        # examples: an FD estimate's bias shrinks with the reference's size (its covariance estimate), so
+        # references of different sizes (test 10000 vs train 6000) would favour the larger one
         fd["frechet_synthetic_vs_train"] = class_conditional_frechet(
             net, x_syn, y_syn, x_train[:n], y_train[:n], num_classes
         ).mean
+        fd["frechet_diagnostic_n"] = n
         for name, (xd, yd) in (diagnostics or {}).items():
             try:
                 fd[f"frechet_synthetic_vs_{name}"] = class_conditional_frechet(
-                    net, x_syn, y_syn, xd, yd, num_classes
+                    net, x_syn, y_syn, xd[:n], yd[:n], num_classes
                 ).mean
             except ValueError as exc:  # e.g. a class with < 2 examples, non-finite data: no number, a reason
                 fd[f"frechet_synthetic_vs_{name}"] = float("nan")
