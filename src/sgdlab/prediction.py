@@ -133,7 +133,7 @@ def train_and_sample(
         save_snapshot,
         train_gan,
     )
-    from sgdlab.gan.frechet import class_conditional_frechet, train_feature_net
+    from sgdlab.gan.frechet import class_conditional_frechet_features, extract_features, train_feature_net
 
     if not isinstance(snapshots, int) or snapshots < 0:
         raise ValueError(f"gan.snapshots={snapshots!r}: must be an int >= 0")
@@ -148,6 +148,14 @@ def train_and_sample(
                 x_train, y_train, num_classes, data_range=range_, seed=seed, device=x_train.device, steps=frechet_steps
             )
         return net
+
+    ref_feats = None
+
+    def ref_features():  # the held-out set's features: one pass, shared by the snapshots and the final set
+        nonlocal ref_feats
+        if ref_feats is None:
+            ref_feats = extract_features(feature_net(), x_ref)
+        return ref_feats
 
     ckpt, meta_path = Path(paths["generator"]), Path(paths["meta"])
     for p in paths.values():
@@ -223,8 +231,8 @@ def train_and_sample(
                 row = {"step": step, "train_seconds": round(seconds, 2)}
                 if fd_ok:
                     xs, ys = sample_synthetic(g, num_classes, curve_n, seed, device=x_train.device)
-                    row["fd_synthetic_vs_val"] = class_conditional_frechet(
-                        feature_net(), xs, ys, x_ref, y_ref, num_classes
+                    row["fd_synthetic_vs_val"] = class_conditional_frechet_features(
+                        extract_features(feature_net(), xs), ys, ref_features(), y_ref, num_classes
                     ).mean
                 curve.append(row)
                 if metric_sink is not None and "fd_synthetic_vs_val" in row:
@@ -284,22 +292,26 @@ def train_and_sample(
         fd["frechet_skipped"] = f"held-out set has {int(counts.min())} example(s) of some class; need >= 2 per class"
     elif frechet_steps:
         net = feature_net()
-        fd["frechet_synthetic_vs_val"] = class_conditional_frechet(net, x_syn, y_syn, x_ref, y_ref, num_classes).mean
         n = min(len(x_train), max(len(x_ref), 2000))
-        fd["frechet_train_vs_val"] = class_conditional_frechet(
-            net, x_train[:n], y_train[:n], x_ref, y_ref, num_classes
+        # each set through the feature net once (the synthetic set is compared with three references)
+        f_syn, f_train, f_ref = extract_features(net, x_syn), extract_features(net, x_train[:n]), ref_features()
+        fd["frechet_synthetic_vs_val"] = class_conditional_frechet_features(
+            f_syn, y_syn, f_ref, y_ref, num_classes
+        ).mean
+        fd["frechet_train_vs_val"] = class_conditional_frechet_features(
+            f_train, y_train[:n], f_ref, y_ref, num_classes
         ).mean
         # the paper's diagnostic: synthetic vs test and vs the training data, each reference cut to the same n
         # examples: an FD estimate's bias shrinks with the reference's size (its covariance estimate), so
         # references of different sizes (test 10000 vs train 6000) would favour the larger one
-        fd["frechet_synthetic_vs_train"] = class_conditional_frechet(
-            net, x_syn, y_syn, x_train[:n], y_train[:n], num_classes
+        fd["frechet_synthetic_vs_train"] = class_conditional_frechet_features(
+            f_syn, y_syn, f_train, y_train[:n], num_classes
         ).mean
         fd["frechet_diagnostic_n"] = n
         for name, (xd, yd) in (diagnostics or {}).items():
             try:
-                fd[f"frechet_synthetic_vs_{name}"] = class_conditional_frechet(
-                    net, x_syn, y_syn, xd[:n], yd[:n], num_classes
+                fd[f"frechet_synthetic_vs_{name}"] = class_conditional_frechet_features(
+                    f_syn, y_syn, extract_features(net, xd[:n]), yd[:n], num_classes
                 ).mean
             except ValueError as exc:  # e.g. a class with < 2 examples, non-finite data: no number, a reason
                 fd[f"frechet_synthetic_vs_{name}"] = float("nan")

@@ -184,7 +184,16 @@ def class_conditional_frechet(
     Every class needs at least 2 samples in each set (else ``ValueError`` naming the class).
     """
     fa, fb = extract_features(net, x_a, batch), extract_features(net, x_b, batch)
-    ya, yb = np.asarray(y_a.cpu()), np.asarray(y_b.cpu())
+    return class_conditional_frechet_features(fa, y_a, fb, y_b, num_classes)
+
+
+def class_conditional_frechet_features(fa: np.ndarray, y_a, fb: np.ndarray, y_b, num_classes: int) -> FrechetResult:
+    """:func:`class_conditional_frechet` on features already extracted (``(N, F)`` each), so a set compared
+    with several others is passed through the network once."""
+    ya, yb = (
+        np.asarray(y_a.cpu() if hasattr(y_a, "cpu") else y_a),
+        np.asarray(y_b.cpu() if hasattr(y_b, "cpu") else y_b),
+    )
     per = []
     for k in range(num_classes):
         na, nb = int((ya == k).sum()), int((yb == k).sum())
