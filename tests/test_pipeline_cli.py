@@ -32,7 +32,9 @@ def _project(tmp_path, mlflow_store, **over):
             "batch_sizes": [32],
         }
     )
-    params["orchestration"]["max_workers"] = 1  # one run at a time: the kill lands between runs
+    # one run at a time (no population: the four lrs would train as one and finish together): the kill lands
+    # between runs
+    params["orchestration"].update({"max_workers": 1, "population": "off"})
     for k, v in over.items():
         params[k].update(v)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
