@@ -1,6 +1,6 @@
 """Benchmark: population training vs one-at-a-time, through the same training entry points.
 
-Workloads (issue 15): 16 MLPs 784-256-10 on Fashion-MNIST-shaped data at batch 128 (SGD, per-member
+Workloads (issue 15): 16 MLPs 784-256-10 (``--widths``) on Fashion-MNIST-shaped data at batch 128 (SGD, per-member
 learning rates), and 16 diagonal linear nets on a sparse regression (d = 100, n = 200, batch 20). The
 baseline trains the 16 runs one after another with ``sgdlab.train.train``; the population trains them with
 ``sgdlab.train.population.train_population``; both with metrics on (a buffering sink), no checkpoints.
@@ -35,13 +35,13 @@ class MemorySink:
         self.rows.extend((step, k, v) for k, v in metrics.items())
 
 
-def workload(name: str, members: int, steps: int, device: str):
+def workload(name: str, members: int, steps: int, device: str, widths: tuple[int, ...] = (256,)):
     g = torch.Generator().manual_seed(0)
     if name == "mlp":
         x = torch.randn(12000, 1, 28, 28, generator=g)
         y = torch.randint(0, 10, (12000,), generator=g)
         data = DataTensors(x[:10000], y[:10000], x[10000:], y[10000:])
-        task, batch, shape, out, kw, opt = "classification", 128, (1, 28, 28), 10, {"widths": (256,)}, "sgd"
+        task, batch, shape, out, kw, opt = "classification", 128, (1, 28, 28), 10, {"widths": widths}, "sgd"
         model_name = "mlp"
         lrs = [0.01 * (1 + i % 8) for i in range(members)]
     elif name == "diag_linear":
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--widths", default="256", help="hidden widths of the mlp workload (comma-separated)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.threads:
@@ -106,12 +107,13 @@ def main() -> None:
         "machine": {"python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
                     "threads": torch.get_num_threads(), "device": a.device,
                     "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else None},
-        "members": a.members, "steps": a.steps, "repeats": a.repeats, "workloads": {},
+        "members": a.members, "steps": a.steps, "mlp_widths": a.widths, "repeats": a.repeats, "workloads": {},
     }  # fmt: skip
     for name in a.workloads.split(","):
-        args = workload(name, a.members, a.steps, a.device)
-        run_population(*workload(name, 2, 5, a.device))  # warm-up (vmap tracing, allocator)
-        run_alone(*workload(name, 1, 5, a.device))
+        widths = tuple(int(w) for w in a.widths.split(","))
+        args = workload(name, a.members, a.steps, a.device, widths)
+        run_population(*workload(name, 2, 5, a.device, widths))  # warm-up (vmap tracing, allocator)
+        run_alone(*workload(name, 1, 5, a.device, widths))
         alone, pop = [], []
         for rep in range(a.repeats):
             order = [("alone", run_alone), ("pop", run_population)]

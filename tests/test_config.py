@@ -54,6 +54,11 @@ BAD = [
     ({"data": {"separable": {"n_train": 7}}}, "data.separable.n_train", "must be even"),
     ({"orchestration": {"task_runner": "celery"}}, "orchestration.task_runner", "'thread', 'process' or 'dask'"),
     ({"orchestration": {"max_workers": 0}}, "orchestration.max_workers", "greater than or equal to 1"),
+    (
+        {"orchestration": {"population_min_members": 20}},
+        "orchestration",
+        "population_min_members=20 exceeds population_max_members=16",
+    ),
     ({"tracking": {"experiment": 3}}, "tracking.experiment", "valid string"),
     ({"data": 5}, "data", "valid dictionary"),
 ]

@@ -10,6 +10,7 @@ from sgdlab import interrupt
 from sgdlab.models import build_model
 from sgdlab.optim import build_optimizer, get_spec, list_specs, resolve_hparams
 from sgdlab.train import DataTensors, LoopConfig, load_checkpoint, train
+from sgdlab.train.foreach_step import foreach_eligible
 from sgdlab.train.population import (
     POPULATION_FAMILIES,
     TRAINED_ALONE,
@@ -236,9 +237,11 @@ def test_blockers_and_mismatches_are_named_before_any_compute():
     b.cfg = _cfg(1, steps=40)
     with pytest.raises(ValueError, match=r"population member 1: LoopConfig.steps=40 differs from member 0's 50"):
         train_population([a, b])
-    b.cfg, b.optimizer_name = _cfg(1), "adam"
-    with pytest.raises(ValueError, match="population member 1: optimizer 'adam' differs"):
+    b.cfg, b.optimizer_name = _cfg(1), "lion"
+    with pytest.raises(ValueError, match="population member 1: optimizer 'lion' differs.*only adam, adamw"):
         check_population([a, b])
+    b.optimizer_name, b.hparams = "adam", {"lr": 0.01}
+    check_population([a, b])  # the torch.optim families mix (test_torch_optim_families_mix_in_one_population)
     b.optimizer_name, b.hparams = "sgd", {"lr": -1.0}
     with pytest.raises(ValueError, match="population member 1: .*lr"):
         train_population([a, b])
@@ -288,3 +291,92 @@ def test_torch_optim_members_take_one_shared_foreach_update(monkeypatch, opt, sh
     assert calls == ([3] * 10 if shared else [])
     alone, _, _ = _alone(opt, 0, SEEDS_LRS[0][1], data, steps=10)
     assert _max_diff(members[0].model, alone) < 1e-12
+
+
+def test_packed_members_write_single_run_checkpoints_and_own_their_weights_after(tmp_path):
+    """The foreach families train "packed" (each member's parameter a row of one stacked tensor): checkpoints
+    written mid-population hold only the member's own weights, and every member owns its storage afterwards."""
+    data = _data()
+    wide = dict(widths=(200,))
+    members = [
+        Member(build_model("mlp", (5,), 3, seed=s, dtype=torch.float64, **wide), "momentum", {"lr": lr}, data,
+               _cfg(s, steps=20, checkpoint_every=10), tmp_path / f"m{s}.pt")
+        for s, lr in SEEDS_LRS
+    ]  # fmt: skip
+    stop = {"step": 15}
+    members[0].on_step = lambda step, *_: interrupt.request("test") if step == stop["step"] else None
+    try:
+        with pytest.raises(interrupt.Interrupted):
+            train_population(members)
+    finally:
+        interrupt.clear()
+    for m in members:
+        for p in m.model.parameters():  # own storage again (not a row of the 8-member stack)
+            assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    alone = build_model("mlp", (5,), 3, seed=0, dtype=torch.float64, **wide)
+    train(
+        alone, "momentum", {"lr": 0.02}, data, _cfg(0, steps=15, checkpoint_every=10), checkpoint_path=tmp_path / "a.pt"
+    )
+    size = (tmp_path / "a.pt").stat().st_size  # 1803 float64 weights + momentum: ~30 kB; 8 members' rows: ~8x
+    for m in members:
+        assert load_checkpoint(m.checkpoint_path)["step"] == 15
+        assert abs(m.checkpoint_path.stat().st_size - size) < 0.05 * size, (m.checkpoint_path.stat().st_size, size)
+
+
+def test_a_hook_that_rebinds_parameter_data_is_followed():
+    """A member whose parameter is re-bound (``p.data = ...``) mid-population leaves the stacked weights: the
+    population repacks from the member's own values, so it still ends as its single run."""
+
+    def rebind(step, model, optimizer, lr):
+        if step in (5, 17):
+            for p in model.parameters():
+                p.data = p.data.clone() * 0.5
+        return None
+
+    data = _data()
+    members = _members("momentum", data, pairs=SEEDS_LRS[:4], steps=30)
+    for m in members[::2]:
+        m.on_step = rebind
+    train_population(members)
+    for i, ((seed, lr), m) in enumerate(zip(SEEDS_LRS[:4], members)):
+        alone = _model(seed)
+        train(
+            alone, "momentum", _hp("momentum", lr), data, _cfg(seed, steps=30), on_step=rebind if i % 2 == 0 else None
+        )
+        assert _max_diff(m.model, alone) < 1e-10, i
+
+
+def test_stack_layouts_follow_the_gradient():
+    """_layout reads a dense tensor's dimension order (innermost first); _strides rebuilds it for another size."""
+    from sgdlab.train.population import _layout, _strides
+
+    assert _layout(torch.empty(2, 3, 4)) == (2, 1, 0)
+    t = torch.empty(2, 4, 3).transpose(1, 2)  # shape (2, 3, 4), strides (12, 1, 3): a vmapped Linear weight grad
+    assert _layout(t) == (1, 2, 0)
+    assert _strides(torch.Size((5, 3, 4)), (1, 2, 0)) == (12, 1, 3)
+    assert _strides(torch.Size((2, 3, 4)), _layout(t)) == t.stride()
+    assert _layout(torch.empty(3, 1).expand(3, 4)) is None  # overlapping: no stack can take it
+    assert _layout(torch.empty(4, 6)[:, :3]) is None  # gaps
+    assert _layout(torch.empty(1, 5)) == (1, 0)
+
+
+def test_torch_optim_families_mix_in_one_population():
+    """sgd, momentum, nesterov, adam, adamw and rmsprop_bc members share one population (one shared foreach
+    update, packed weights); each still ends as its own single run."""
+    from sgdlab.train.population import SHARED_UPDATE_FAMILIES
+
+    data = _data()
+    fams = sorted(SHARED_UPDATE_FAMILIES)
+    members = [
+        Member(_model(i), f, _hp(f, 0.03), data, _cfg(i, steps=30), metric_sink=Sink()) for i, f in enumerate(fams)
+    ]
+    for m in members:  # every one of them takes the shared update (else the population would step each alone)
+        opt = build_optimizer(m.optimizer_name, m.model.named_parameters(), m.hparams)
+        assert foreach_eligible(opt) is None, m.optimizer_name
+    results = train_population(members)
+    for i, (f, m, res) in enumerate(zip(fams, members, results)):
+        assert not isinstance(res, BaseException), res
+        alone, sink = _model(i), Sink()
+        train(alone, f, _hp(f, 0.03), data, _cfg(i, steps=30), metric_sink=sink)
+        assert _max_diff(m.model, alone) < 1e-10, f
+        _same_points(m.metric_sink, sink, 1e-9)

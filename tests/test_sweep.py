@@ -282,22 +282,34 @@ def test_population_sweep_matches_one_at_a_time(prefect_harness, mlflow_store, t
 
 
 def test_population_groups_respect_size_limits_and_keep_workers_busy():
-    """populations(): same-setting keys group (seeds x lrs), capped by members; models above max_params train
-    alone; fewer groups than workers -> the largest group is halved."""
+    """populations(): same-setting keys group (seeds x lrs; the torch.optim families together), capped by
+    members; models above max_params and groups below min_members train alone; fewer groups than workers ->
+    the largest group is halved."""
     from sgdlab.phases.sweep import populations
 
-    cfg = _cfg(sweep={"seeds": [0, 1, 2, 3]})  # sgd x4, momentum (2 lrs) x4, adam x4: three groups of 4 / 8 / 4
+    opts = [{"name": "sgd", "lr": 0.1}, {"name": "momentum", "lr": [0.05, 0.01]}, {"name": "lion", "lr": 1e-4}]
+    cfg = _cfg(sweep={"seeds": [0, 1, 2, 3], "optimizers": opts})  # 12 torch.optim keys (sgd, momentum x2), 4 lion
     specs = expand(cfg, _data(), n_train=180)
     sizes = lambda groups: sorted(len(g) for g in groups)  # noqa: E731
-    assert sizes(populations(specs, 16)) == [4, 4, 8]
-    assert sizes(populations(specs, 3)) == [1, 1, 2, 3, 3, 3, 3]  # 4 -> 3+1 (twice), 8 -> 3+3+2
-    assert sizes(populations(specs, 16, workers=4)) == [4, 4, 4, 4]  # the momentum group halved
-    assert sizes(populations(specs, 16, workers=8)) == [2, 2, 2, 2, 2, 2, 2, 2]
-    for g in populations(specs, 16, workers=4):  # a group never mixes settings other than seed and lr
-        assert len({(s.optimizer, s.batch_size, s.steps) for s in g}) == 1
+    assert sizes(populations(specs, 16)) == [4, 12]
+    for g in populations(specs, 16):  # sgd mixes with momentum (one shared foreach update), never with lion
+        fams = {s.optimizer for s in g}
+        assert fams == {"lion"} or fams == {"sgd", "momentum"}, fams
+        assert len({(s.batch_size, s.steps) for s in g}) == 1
+    assert sizes(populations(specs, 5)) == [4, 4, 4, 4]  # 12 -> 4+4+4: near-equal parts
+    assert sizes(populations(specs, 3)) == [2, 2, 3, 3, 3, 3]  # 4 -> 2+2
+    # groups below min_members train alone, key by key
+    assert sizes(populations(specs, 3, min_members=3)) == [1] * 4 + [3] * 4
+    assert sizes(populations(specs, 16, min_members=5)) == [1] * 4 + [12]
+    with pytest.raises(ValueError, match="min_members=5 <= max_members=4"):
+        populations(specs, 4, min_members=5)
+    assert sizes(populations(specs, 16, workers=3)) == [4, 6, 6]  # the 12 halved
+    assert sizes(populations(specs, 16, workers=8)) == [2, 2, 3, 3, 3, 3]  # a half never below min_members (2)
+    # halving never cuts below min_members: the 12 halves twice, the lion 4 stays
+    assert sizes(populations(specs, 16, workers=8, min_members=3)) == [3, 3, 3, 3, 4]
     big = populations(specs, 16, max_params=100, n_params=lambda s: 101)
     assert sizes(big) == [1] * 16  # every model over the limit: all alone
     small = populations(specs, 16, max_params=100, n_params=lambda s: 100)
-    assert sizes(small) == [4, 4, 8]
+    assert sizes(small) == [4, 12]
     keys = [s.key for g in populations(specs, 3, workers=4) for s in g]
     assert sorted(keys) == sorted(s.key for s in specs)  # every key exactly once

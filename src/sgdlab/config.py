@@ -414,21 +414,34 @@ class OrchestrationConfig(_Frozen):
     max_workers: int = Field(2, ge=1)
     dask_address: str | None = None  # None with task_runner=dask: a LocalCluster of max_workers workers
     # auto: sweep keys that differ only in seed and optimizer hyper-parameters train as one population (one
-    # vectorised forward/backward per step; sgdlab.train.population) when their model has at most
-    # population_max_params parameters; off: every key alone. On 2 CPU cores batching pays for small models
-    # (16 diagonal linear nets: ~4x) but not for a 784-256-10 MLP (~0.9x), hence the size limit (README "Populations")
+    # vectorised forward/backward per step; sgdlab.train.population) when there are at least
+    # population_min_members of them and their model has at most population_max_params parameters; off: every
+    # key alone. Measured on 2 CPU cores (make bench-population, one thread, one-at-a-time time / population
+    # time): 16 diagonal linear nets 4.5-4.8x, 16 MLPs 784-256-10 1.3x (README "Populations")
     population: Literal["auto", "off"] = "auto"
     population_max_members: int = Field(16, ge=1)
+    # smaller groups train alone: 2 members were slower than 2 runs alone (diagonal nets 0.90x, MLP 784-256 0.89x;
+    # 4 members: 1.72x and 1.16x)
+    population_min_members: int = Field(3, ge=1)
     # auto groups only models with at most this many trainable parameters. Measured on 2 CPU cores (8 SGD runs,
-    # one thread, population / one at a time): MLP 784-16 1.3-1.45x, 784-64 1.0-1.4x, 784-256 0.74-0.86x; the
-    # crossover lies between 51k and 204k parameters. On a GPU batching should pay far beyond: raise it there.
-    population_max_params: int = Field(100_000, ge=1)
+    # one thread): MLP 784-64 1.41x, 784-256 (204k) 1.25x, 784-512 (407k) 0.99x. On a GPU batching should pay
+    # far beyond: raise it there.
+    population_max_params: int = Field(250_000, ge=1)
 
     @field_validator("population", mode="before")
     @classmethod
     def _yaml_off(cls, v: Any) -> Any:
         # YAML 1.1 reads a bare `off` (and `no`, `false`) as the boolean False, `on`/`yes`/`true` as True
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _member_bounds(self) -> OrchestrationConfig:
+        if self.population_min_members > self.population_max_members:
+            raise ValueError(
+                f"population_min_members={self.population_min_members} exceeds "
+                f"population_max_members={self.population_max_members}"
+            )
+        return self
 
 
 class TrackingConfig(_Frozen):

@@ -36,12 +36,27 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
+def _compact(obj: Any) -> Any:
+    """``obj`` with every tensor that views part of a larger storage replaced by a copy of its own elements.
+
+    ``torch.save`` writes a tensor's whole storage: a population member's parameter, a row of the stacked
+    weights (:mod:`sgdlab.train.population`), would otherwise carry every member's weights into its file."""
+    if isinstance(obj, torch.Tensor) and obj.layout == torch.strided:
+        own = obj.numel() * obj.element_size()
+        return obj.clone() if obj.untyped_storage().nbytes() > own else obj
+    if isinstance(obj, dict):
+        return {k: _compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_compact(v) for v in obj)
+    return obj
+
+
 def save_verified(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` (tensors and primitives only) to ``path`` with its SHA-256, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save(payload, buf)
+    torch.save(_compact(payload), buf)
     blob = buf.getvalue()
     outer = {
         "format": VERIFIED,

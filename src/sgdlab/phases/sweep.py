@@ -23,6 +23,7 @@ def plan(study: Study) -> Plan:
         groups = populations(
             specs, orch.population_max_members, workers=orch.max_workers,
             max_params=orch.population_max_params, n_params=_param_counter(study, data),
+            min_members=orch.population_min_members,
         )  # fmt: skip
     else:
         groups = [[s] for s in specs]
@@ -31,7 +32,8 @@ def plan(study: Study) -> Plan:
         if len(g) == 1:
             units.append(Unit(g[0].label, {"spec": g[0].to_dict()}))
         else:
-            label = f"population of {len(g)}: {g[0].label.split(' lr=')[0]} ({', '.join(s.label for s in g)})"
+            families = "+".join(dict.fromkeys(s.optimizer for s in g))  # e.g. sgd+momentum (torch.optim families)
+            label = f"population of {len(g)}: {families} ({', '.join(s.label for s in g)})"
             units.append(Unit(label[:300], {"specs": [s.to_dict() for s in g]}))
     n_pop = sum(len(g) for g in groups if len(g) > 1)  # the progress lines name each population
     tpe = searches(study.cfg, data, study.n_train(data))  # adaptive: one sequential unit per search study
@@ -63,19 +65,31 @@ def _param_counter(study: Study, data):
 
 
 def populations(
-    specs: list[RunSpec], max_members: int, *, workers: int = 1, max_params: int | None = None, n_params=None
+    specs: list[RunSpec],
+    max_members: int,
+    *,
+    workers: int = 1,
+    max_params: int | None = None,
+    n_params=None,
+    min_members: int = 2,
 ) -> list[list[RunSpec]]:
-    """Group run keys that may share vectorised updates: same data, model, optimizer family, batch size,
-    steps, loop and probe settings (seeds and hyper-parameters differ), and a family the population path
-    supports. At most ``max_members`` per group; the rest (and singletons) train alone. Order is kept.
+    """Group run keys that may share vectorised updates: same data, model, batch size, steps, loop and probe
+    settings (seeds and hyper-parameters differ), and the same optimizer family, supported by the population
+    path (the torch.optim families, ``SHARED_UPDATE_FAMILIES``, group together). Order is kept.
 
-    ``max_params`` with ``n_params(spec)``: models with more parameters train alone (on a CPU a large model's
-    step is compute-bound and batching it was slower, README "Populations"). ``workers``: while there are fewer
-    groups than workers, the largest group is halved, so a population does not leave workers idle."""
+    A group larger than ``max_members`` is split into the fewest groups of (near) equal sizes (17 -> 9 + 8);
+    a group smaller than ``min_members`` trains alone, key by key (a population of 2 was slower than 2 runs
+    alone on this CPU, README "Populations"). ``max_params`` with ``n_params(spec)``: models with more
+    parameters train alone (on a CPU a large model's step is compute-bound). ``workers``: while there are
+    fewer groups than workers, the largest group is halved if both halves keep ``min_members``, so a
+    population does not leave workers idle."""
     import json
     from dataclasses import asdict
 
-    from sgdlab.train.population import POPULATION_FAMILIES
+    from sgdlab.train.population import POPULATION_FAMILIES, SHARED_UPDATE_FAMILIES
+
+    if not 1 <= min_members <= max_members:
+        raise ValueError(f"population sizes: need 1 <= min_members={min_members} <= max_members={max_members}")
 
     def joins(s: RunSpec) -> bool:
         if s.optimizer not in POPULATION_FAMILIES or s.loop.get("physical_batch_size") or s.loop.get("compile"):
@@ -88,7 +102,8 @@ def populations(
         if joins(s):
             key = json.dumps(
                 [asdict(s.data), s.model, s.model_kwargs,
-                 s.optimizer, s.batch_size, s.steps, s.loop, s.probe], sort_keys=True, default=str,
+                 "torch.optim" if s.optimizer in SHARED_UPDATE_FAMILIES else s.optimizer,
+                 s.batch_size, s.steps, s.loop, s.probe], sort_keys=True, default=str,
             )  # fmt: skip
         else:
             key = f"alone:{s.key}"
@@ -98,9 +113,14 @@ def populations(
     out = []
     for key in order:
         g = groups[key]
-        out.extend(g[i : i + max_members] for i in range(0, len(g), max_members))
-    while len(out) < workers and max(map(len, out), default=1) > 1:
-        i = max(range(len(out)), key=lambda j: len(out[j]))
+        parts = -(-len(g) // max_members)  # ceil
+        bounds = [round(i * len(g) / parts) for i in range(parts + 1)]
+        for a, b in zip(bounds, bounds[1:]):
+            out.extend([g[a:b]] if b - a >= min_members else [[s] for s in g[a:b]])
+    while len(out) < workers:
+        i = max(range(len(out)), key=lambda j: len(out[j]), default=None)
+        if i is None or len(out[i]) < max(2, 2 * min_members):
+            break
         g = out[i]
         out[i : i + 1] = [g[: (len(g) + 1) // 2], g[(len(g) + 1) // 2 :]]
     return out

@@ -9,17 +9,23 @@ linear nets, small CNNs). One at a time they leave a CPU or GPU idle on kernel l
   with its own hyper-parameters and state, batch stream, metric sink, ``on_step`` hook and checkpoint.
   The bookkeeping (windows, divergence checks, evaluation, checkpoints, resume) is the single-run loop's
   own ``_Run``, so a member's metrics, checkpoint file and result are those of its single run.
-- Per update, the members' parameters are stacked (``torch.stack``: the stacked tensor is a function of
-  each member's own leaf parameters, so ``backward`` puts every member's gradient on its own ``.grad``)
-  and one ``torch.func.vmap`` of ``torch.func.functional_call`` computes all members' outputs and losses.
-  Each member's optimizer then steps with a closure that returns the loss already computed (plain
-  ``torch.optim`` SGD, momentum, Nesterov, Adam, AdamW and rmsprop_bc members instead take one shared update in
-  ``torch._foreach_*`` calls, :mod:`~sgdlab.train.foreach_step`, bit-identical on the CPU). That is
-  exactly the single-run step for families whose ``step(closure)`` calls ``closure(k)`` once for each of
-  its ``k < batches_per_step`` minibatches, all at the current parameters (``POPULATION_FAMILIES``; each
-  is checked in ``tests/test_population.py``). Families that re-evaluate the gradient at moved weights
-  (SAM, GAM), need second-order graphs (AdaHessian) or keep worker copies (Local SGD) are trained one at
-  a time (:func:`population_blocker` says why).
+- Per update, one ``torch.func.vmap`` of ``torch.func.functional_call`` computes all members' outputs and
+  losses from their stacked parameters, and one ``backward`` of the summed losses gives every member its own
+  gradient (the members are independent). Members drawing plain minibatches of one dataset gather them in
+  one indexing op. How the parameters are stacked depends on the update:
+  - plain ``torch.optim`` SGD, momentum, Nesterov, Adam, AdamW and rmsprop_bc members take one shared update
+    in ``torch._foreach_*`` calls (:mod:`~sgdlab.train.foreach_step`, bit-identical on the CPU) and train
+    *packed*: each member's parameter is a row of one stacked leaf tensor per parameter name (``_pack``), so
+    neither the forward nor the gradient copies weights, and the stack takes the memory layout of its
+    gradient (a vmapped ``nn.Linear`` weight's comes transposed);
+  - other families: the members' own parameters are stacked each step (``torch.stack``, a function of each
+    member's leaf parameters, so ``backward`` puts each gradient on its own ``.grad``) and each member's
+    optimizer steps with a closure that returns the loss already computed. That is exactly the single-run
+    step for families whose ``step(closure)`` calls ``closure(k)`` once for each of its
+    ``k < batches_per_step`` minibatches, all at the current parameters (``POPULATION_FAMILIES``; each is
+    checked in ``tests/test_population.py``). Families that re-evaluate the gradient at moved weights (SAM,
+    GAM), need second-order graphs (AdaHessian) or keep worker copies (Local SGD) are trained one at a time
+    (:func:`population_blocker` says why).
 - A member that diverges is stopped at the log point that detects it, as alone; a member whose hook or
   optimizer raises is stopped with that error; the others go on.
 
@@ -29,7 +35,7 @@ forward/backward, which dominates small-model steps, is batched; so is the updat
 families, whose per-member ``step`` overhead was ~40% of a step for tiny models, by replaying torch's own
 single-tensor algorithm with foreach ops (tested bit for bit against ``step``). In float64 a member's parameters match
 its single run to ~1e-15 per step; in float32 the batched kernels round differently (tested tolerance in
-the test module).
+the test module). ``make bench-population`` measures the speed against one run at a time.
 """
 
 from __future__ import annotations
@@ -62,6 +68,11 @@ POPULATION_FAMILIES = frozenset(
     }
 )  # fmt: skip
 
+
+# registry families built on plain torch.optim SGD / Adam / AdamW (foreach_step.py steps them together): one
+# population may mix them (sgd with momentum with adam ...), as their members share the forward/backward and
+# each keeps its own optimizer; other families populate only with their own kind
+SHARED_UPDATE_FAMILIES = frozenset({"sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop_bc"})
 
 # families that keep the contract above but are trained alone anyway, and why
 TRAINED_ALONE = {
@@ -122,9 +133,12 @@ def check_population(members: Sequence[Member]) -> None:
         blocker = population_blocker(m.model, m.optimizer_name, m.cfg)
         if blocker:
             raise ValueError(f"{where}: {blocker}; train it alone")
-        if m.optimizer_name != first.optimizer_name:
+        if m.optimizer_name != first.optimizer_name and not {m.optimizer_name, first.optimizer_name} <= (
+            SHARED_UPDATE_FAMILIES
+        ):
             raise ValueError(
-                f"{where}: optimizer {m.optimizer_name!r} differs from member 0's {first.optimizer_name!r}"
+                f"{where}: optimizer {m.optimizer_name!r} differs from member 0's {first.optimizer_name!r} "
+                f"(only {', '.join(sorted(SHARED_UPDATE_FAMILIES))} mix in one population)"
             )
         other = {**m.cfg.to_dict(), "seed": None}
         for key in base:
@@ -185,7 +199,11 @@ def train_population(
                         r.restore(r.ckpt)
                     r.cpu_rng_state = torch.get_rng_state()
                 r.begin()
-            _Population(runs, results, show).loop()
+            pop = _Population(runs, results, show)
+            try:
+                pop.loop()
+            finally:
+                pop._unpack()
         finally:
             for r in runs:
                 r.close()
@@ -200,6 +218,32 @@ def train_population(
             res = TrainResult(**res, wall_time_s=wall, quarantined=r.quarantined)
         out.append(res)
     return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same values (label-noise runs each hold an equal copy of their noisy labels)."""
+    return a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+
+
+def _layout(t: torch.Tensor) -> tuple[int, ...] | None:
+    """``t``'s dimensions from the innermost (smallest stride) out, if its elements fill their span without
+    overlap or gaps (a layout a tensor of another leading size can take too); None otherwise."""
+    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), d))
+    expected = 1
+    for d in order:
+        if t.shape[d] != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.shape[d]
+    return tuple(order)
+
+
+def _strides(shape: torch.Size, order: tuple[int, ...]) -> tuple[int, ...]:
+    """Dense strides of ``shape`` with dimensions laid out innermost-first as ``order``."""
+    strides, step = [0] * len(shape), 1
+    for d in order:
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
 
 
 class _Population:
@@ -218,42 +262,146 @@ class _Population:
         self.foreach = self.bps == 1 and all(foreach_eligible(r.opt) is None for r in runs)
         task = self.task
 
-        def member_loss(params, buffers, x, y):
-            out = functional_call(template, (params, buffers), (x,))
+        names = self.param_names + self.buffer_names
+
+        def member_loss(tensors, x, y):  # a flat tuple flattens faster than dicts in vmap's pytree handling
+            out = functional_call(template, dict(zip(names, tensors)), (x,))
             return out, loss_fn(task, out, y)
 
         self.batched = vmap(member_loss)
         # the members' tensors, listed once (their identities never change; named_parameters per step costs)
         self.params = {id(r): [q for _, q in r.model.named_parameters()] for r in runs}
         self.buffers = {id(r): [q for _, q in r.model.named_buffers()] for r in runs}
+        # members drawing plain minibatches (one per step, no label noise) of the same tensors: their batches
+        # are gathered in one indexing op, xt[stacked indices] (the values each would gather alone)
+        xt, yt = runs[0].data.x_train, runs[0].data.y_train
+        self.shared_data = all(
+            r.bps == 1 and r.perturb is None and r.data.x_train is xt and _same(r.data.y_train, yt) for r in runs
+        )
+        # foreach members train "packed": see _pack
+        self.packed: list | None = None  # the live members the stacks hold, in order
+        self.stacks: list[torch.Tensor] = []
+        self.views: list[tuple[torch.Tensor, int]] = []  # (member parameter, the address it must keep)
+        # the memory layout (dimension order) of each stacked parameter's gradient as the backward produces it: a stack
+        # laid out alike takes its gradient as is, where autograd would copy it into the stack's own layout (a
+        # vmapped nn.Linear's weight gradient comes transposed: that copy cost 9 ms of a 36 ms step, 16 MLPs
+        # 784-256-10 at batch 128)
+        self.grad_layout: dict[int, tuple[int, ...] | None] = {}
 
-    def _forward_backward(self, live) -> list[list[list[torch.Tensor | None]]] | None:
-        """Gradients of every live member on each of its minibatches; recorded losses and logits as alone.
-        With one minibatch per step the gradients stay on ``.grad``; with more they are returned per k."""
+    def _pack(self, live) -> None:
+        """Stack the live members' parameters once into one leaf tensor per parameter name and make each
+        member's parameter a view of its row (``param.data = stack[i]``).
+
+        The forward then reads the stacks with no per-step copy, the backward leaves one gradient per stack
+        (each member's ``.grad`` is set to its row, no accumulation copy), and the members' optimizers update
+        the rows in place through their own parameters. Only for the foreach families (torch.optim's
+        single-tensor SGD/Adam algorithms update each parameter in place and keep no alias of its storage);
+        a parameter found re-bound (an ``on_step`` hook assigning ``.data``) is repacked from its values.
+        Checkpoints stay per member: :func:`sgdlab.integrity.save_verified` writes a view's own elements.
+        Memory: one stacked copy of the weights, as the per-step stack held.
+        """
+        self._unpack()
+        self.stacks = []
+        with torch.no_grad():
+            for j in range(len(self.param_names)):
+                values = torch.stack([self.params[id(r)][j] for r in live])
+                order = self.grad_layout.get(j)
+                strides = None if order is None else _strides(values.shape, order)
+                if strides is not None and strides != values.stride():
+                    values = torch.empty_strided(values.shape, strides, dtype=values.dtype, device=values.device).copy_(
+                        values
+                    )
+                self.stacks.append(values.requires_grad_())
+        self.views = []
+        for i, r in enumerate(live):
+            for q, s in zip(self.params[id(r)], self.stacks):
+                q.data = s.detach()[i]
+                self.views.append((q, q.data_ptr()))
+        self.packed = list(live)
+
+    def _unpack(self) -> None:
+        """Give every packed member's parameters (and gradients) their own storage again."""
+        for q, ptr in self.views:
+            if q.data_ptr() == ptr:
+                q.data = q.data.clone()
+            if q.grad is not None:
+                q.grad = q.grad.clone()
+        self.views, self.stacks, self.packed = [], [], None
+
+    def _packed_ok(self, live) -> bool:
+        return (
+            self.packed is not None
+            and len(self.packed) == len(live)
+            and all(a is b for a, b in zip(self.packed, live))
+            and all(q.data_ptr() == ptr for q, ptr in self.views)
+        )
+
+    def _draw(self, live) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Each live member's learning rate and minibatches of the next update, as alone; per minibatch k,
+        the stacked (inputs, targets used, clean labels) of all live members."""
+        if not self.shared_data:
+            for r in live:
+                r.draw()
+            return [tuple(torch.stack([r.batches[k][j] for r in live]) for j in range(3)) for k in range(self.bps)]
+        for r in live:  # Run.draw without the gather
+            if not r.constant_lr:
+                r.lr = r._set_lr(r.step)
+            r.recorded = [None]
+        data = live[0].data
+        idx = torch.stack([r.sampler.next_indices() for r in live])  # (N, B)
+        y = data.y_train[idx]
+        return [(data.x_train[idx], y, y)]
+
+    def _forward_backward(self, live, batches) -> list[list[list[torch.Tensor | None]]] | None:
+        """Gradients of every live member on each of its minibatches (``batches``: from :meth:`_draw`);
+        recorded losses and logits as alone. With one minibatch per step the gradients stay on ``.grad``;
+        with more they are returned per k."""
         params = [self.params[id(r)] for r in live]
         buffers = [self.buffers[id(r)] for r in live]
         stashed = [] if self.bps > 1 else None
         classify = self.task == "classification"
+        pack = self.foreach
+        if pack and not self._packed_ok(live):
+            self._pack(live)
         for k in range(self.bps):
-            p = {n: torch.stack([ps[j] for ps in params]) for j, n in enumerate(self.param_names)}
-            b = {n: torch.stack([bs[j] for bs in buffers]) for j, n in enumerate(self.buffer_names)}
-            x = torch.stack([r.batches[k][0] for r in live])
-            y = torch.stack([r.batches[k][1] for r in live])
+            hooks = []
+            if pack:
+                stacked = tuple(self.stacks)
+                for j, s in enumerate(self.stacks):
+                    s.grad = None
+                    if j not in self.grad_layout:  # learn the gradient's layout at the first backward
+                        hooks.append(s.register_hook(lambda g, j=j: self.grad_layout.__setitem__(j, _layout(g))))
+            else:
+                stacked = tuple(torch.stack([ps[j] for ps in params]) for j in range(len(self.param_names)))
+            tensors = stacked + tuple(torch.stack([bs[j] for bs in buffers]) for j in range(len(self.buffer_names)))
+            x, y, y_clean = batches[k]
             for ps in params:  # what opt.zero_grad(set_to_none=True) does, without its profiler overhead
                 for q in ps:
                     q.grad = None
             if self.amp is not None:
                 with self.amp:
-                    out, loss = self.batched(p, b, x, y)
+                    out, loss = self.batched(tensors, x, y)
             else:
-                out, loss = self.batched(p, b, x, y)
+                out, loss = self.batched(tensors, x, y)
             loss.sum().backward()  # members are independent: d(sum)/d(member i's weights) = its own gradient
             out, loss = out.detach(), loss.detach()
+            if hooks:
+                for h in hooks:
+                    h.remove()
+                if any(
+                    (order := self.grad_layout.get(j)) is not None and _strides(s.shape, order) != s.stride()
+                    for j, s in enumerate(self.stacks)
+                ):
+                    self.packed = None  # repack in the gradients' layout before the next step
+            if pack:  # each member's gradient: its row of the stack's
+                for i, ps in enumerate(params):
+                    for q, s in zip(ps, self.stacks):
+                        q.grad = None if s.grad is None else s.grad[i]
             for i, r in enumerate(live):
                 r.recorded[k] = loss[i]
                 if classify:
                     r.win_logits.append(out[i])
-                    r.win_labels.append(r.batches[k][2])
+                    r.win_labels.append(y_clean[i])
             if stashed is not None:
                 stashed.append([[q.grad for q in ps] for ps in params])
                 for ps in params:
@@ -270,9 +418,7 @@ class _Population:
         steps = runs[0].cfg.steps
         while active:
             live = [runs[i] for i in active]
-            for r in live:
-                r.draw()
-            stashed = self._forward_backward(live)
+            stashed = self._forward_backward(live, self._draw(live))
             stopped = []
             if self.foreach:  # every member's torch.optim update in shared foreach calls (bit-identical on CPU)
                 foreach_step([r.opt for r in live])
