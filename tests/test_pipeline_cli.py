@@ -71,6 +71,38 @@ def test_killed_mid_sweep_then_rerun_finishes_without_retraining(tmp_path, mlflo
     assert all(after[k] == v for k, v in before.items())  # finished runs were not retrained
 
 
+def test_killed_mid_population_then_rerun_resumes_every_member(tmp_path, mlflow_store):
+    """The four lrs train as one population (orchestration.population: auto); SIGKILLed once every member has
+    a checkpoint, the re-run resumes each member from its own checkpoint and finishes it in a population."""
+    from sgdlab.results import read_result
+    from sgdlab.train import load_checkpoint
+
+    env = _project(
+        tmp_path, mlflow_store,
+        train={"steps": 3000, "log_every": 500, "checkpoint_every": 500},
+        orchestration={"population": "auto"}, probe={"every": 0},
+    )  # fmt: skip
+    cmd = [*SGDLAB, "run", "--phase", "prepare", "--phase", "sweep"]
+    proc = spawn(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = lambda: sorted((tmp_path / "models" / "cli").glob("*/checkpoint.pt"))  # noqa: E731
+    deadline = time.monotonic() + 300
+    while len(ckpts()) < 4:  # kill once every member has written a checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, "sweep ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _results(tmp_path) == {}, "a member finished before the kill: no population left to resume"
+    at_kill = {p.parent.name: load_checkpoint(p)["step"] for p in ckpts()}
+    assert all(500 <= s < 3000 for s in at_kill.values()), at_kill
+
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for key, step in at_kill.items():
+        row = read_result(tmp_path / "models" / "cli" / key)
+        assert row["status"] == "finished" and row["steps_done"] == 3000, row
+        assert row["resumed_from"] == step and row["population"] == 4, (key, row["resumed_from"], step)
+
+
 def test_phase_with_missing_inputs_says_what_to_run(tmp_path, mlflow_store):
     env = _project(tmp_path, mlflow_store)
     r = subprocess.run([*SGDLAB, "probe"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

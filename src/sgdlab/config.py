@@ -417,7 +417,7 @@ class OrchestrationConfig(_Frozen):
     # vectorised forward/backward per step; sgdlab.train.population) when there are at least
     # population_min_members of them and their model has at most population_max_params parameters; off: every
     # key alone. Measured on 2 CPU cores (make bench-population, one thread, one-at-a-time time / population
-    # time): 16 diagonal linear nets 4.5-4.8x, 16 MLPs 784-256-10 1.3x (README "Populations")
+    # time): 16 diagonal linear nets 4.8x, 16 MLPs 784-256-10 1.24x (README "Populations")
     population: Literal["auto", "off"] = "auto"
     population_max_members: int = Field(16, ge=1)
     # smaller groups train alone: 2 members were slower than 2 runs alone (diagonal nets 0.90x, MLP 784-256 0.89x;
