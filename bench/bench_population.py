@@ -5,7 +5,8 @@ learning rates), and 16 diagonal linear nets on a sparse regression (d = 100, n 
 baseline trains the 16 runs one after another with ``sgdlab.train.train``; the population trains them with
 ``sgdlab.train.population.train_population``; both with metrics on (a buffering sink), no checkpoints.
 Each repeat times both (A/B order alternating); we report median runs x steps / s of each, the median of the
-per-repeat paired ratios (wall time and process CPU time), and parameter memory per member.
+per-repeat paired ratios (wall time and process CPU time), and memory per member: parameter bytes and the
+bytes autograd saves for backward per step (alone and in the population).
 
     python bench/bench_population.py --members 16 --steps 200 --repeats 3 --out bench/results/population.json
 """
@@ -80,6 +81,21 @@ def run_population(data, cfg, model, opt, lrs) -> None:
         raise bad[0]
 
 
+def saved_bytes(fn, *args) -> int:
+    """Bytes of the tensors autograd saves for backward over ``fn(*args)`` (activations, inputs and weights
+    the backward reads): the per-step memory a run holds beyond its weights, gradients and optimizer state."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return total
+
+
 def timed(fn, *args) -> tuple[float, float]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -124,6 +140,9 @@ def main() -> None:
         work = a.members * a.steps
         n_params = param_count(args[2](0))
         bytes_per = sum(p.numel() * p.element_size() for p in args[2](0).parameters())
+        small = (name, 4, 3, a.device, widths)  # 4 runs x 3 steps: saved-for-backward bytes per run and step
+        saved_alone = saved_bytes(run_alone, *workload(*small)) / 12
+        saved_pop = saved_bytes(run_population, *workload(*small)) / 12
         res = {
             "alone_run_steps_per_s": work / statistics.median(w for w, _ in alone),
             "population_run_steps_per_s": work / statistics.median(w for w, _ in pop),
@@ -131,13 +150,18 @@ def main() -> None:
             "ratio_cpu": statistics.median(ac / pc for (_, ac), (_, pc) in zip(alone, pop)),
             "params_per_member": n_params,
             "param_bytes_per_member": bytes_per,
-            # the population holds each member's weights, grads and optimizer state plus one stacked copy of
-            # the weights and activations for all members at once
+            # autograd's saved tensors per run and step (activations, inputs; weights where the backward reads
+            # them), alone and as a population member: a population holds all members' at once
+            "saved_for_backward_bytes_per_run_step_alone": saved_alone,
+            "saved_for_backward_bytes_per_member_step_population": saved_pop,
+            # besides: each member's weights, gradients and optimizer state as alone (packed members' weights
+            # and gradients are rows of the stacked tensors, no extra copy)
         }
         report["workloads"][name] = res
         print(f"{name}: population / one-at-a-time = {res['ratio_wall']:.2f}x wall, {res['ratio_cpu']:.2f}x CPU "
-              f"({res['alone_run_steps_per_s']:.0f} vs {res['population_run_steps_per_s']:.0f} run-steps/s)",
-              flush=True)  # fmt: skip
+              f"({res['alone_run_steps_per_s']:.0f} vs {res['population_run_steps_per_s']:.0f} run-steps/s); "
+              f"per member: {bytes_per / 1e3:.1f} kB weights, saved for backward {saved_pop / 1e3:.1f} kB/step "
+              f"({saved_alone / 1e3:.1f} kB alone)", flush=True)  # fmt: skip
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=2))
