@@ -380,3 +380,41 @@ def test_torch_optim_families_mix_in_one_population():
         train(alone, f, _hp(f, 0.03), data, _cfg(i, steps=30), metric_sink=sink)
         assert _max_diff(m.model, alone) < 1e-10, f
         _same_points(m.metric_sink, sink, 1e-9)
+
+
+@pytest.mark.parametrize("opt,state_per_weight", [("sgd", 0), ("momentum", 1), ("adam", 2)])
+def test_member_bytes_from_shapes_equal_what_a_real_step_holds(opt, state_per_weight):
+    """member_bytes on the meta device: weights, optimizer state after a step and autograd's saved tensors
+    equal those of a real float32 step of the same model (counted the same way)."""
+    from sgdlab.optim import build_optimizer
+    from sgdlab.train.evaluate import loss_fn
+    from sgdlab.train.population import available_bytes, member_bytes
+
+    shape, batch, hp = (1, 28, 28), 64, {"lr": 0.01}
+    meta = build_model("mlp", shape, 10, seed=0, device="meta", widths=(64,))
+    est = member_bytes(meta, opt, hp, batch, shape, "classification")
+    real = build_model("mlp", shape, 10, seed=0, widths=(64,))
+    weights = sum(p.numel() * 4 for p in real.parameters())
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = real(x)
+        loss = loss_fn("classification", out, y)
+    loss.backward()
+    o = build_optimizer(opt, real.named_parameters(), hp)
+    o.step()
+    state = sum(t.numel() * t.element_size() for st in o.state.values() for t in st.values() if torch.is_tensor(t))
+    assert est["weights"] == est["grads"] == weights
+    assert est["optimizer_state"] == state and abs(state - state_per_weight * weights) <= 64
+    assert est["saved"] == saved + x.numel() * 4 + y.numel() * 8 + out.numel() * 4
+    assert est["total"] == 2 * weights + state + est["saved"]
+    assert all(p.grad is None for p in meta.parameters())  # no state left on the model
+    with pytest.raises(ValueError, match="meta device"):
+        member_bytes(real, opt, hp, batch, shape, "classification")
+    assert available_bytes("cpu") > 0 and available_bytes("auto") > 0  # "auto": the study's default device

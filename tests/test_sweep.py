@@ -313,3 +313,18 @@ def test_population_groups_respect_size_limits_and_keep_workers_busy():
     assert sizes(small) == [4, 12]
     keys = [s.key for g in populations(specs, 3, workers=4) for s in g]
     assert sorted(keys) == sorted(s.key for s in specs)  # every key exactly once
+
+
+def test_population_size_is_capped_by_memory():
+    """populations(memory=(budget, member_bytes)): a group's members fit the budget together."""
+    from sgdlab.phases.sweep import populations
+
+    opts = [{"name": "sgd", "lr": 0.1}, {"name": "momentum", "lr": [0.05, 0.01]}, {"name": "lion", "lr": 1e-4}]
+    specs = expand(_cfg(sweep={"seeds": [0, 1, 2, 3], "optimizers": opts}), _data(), n_train=180)
+    nbytes = lambda s: 2000 if s.optimizer == "momentum" else 1000  # noqa: E731
+    sizes = lambda groups: sorted(len(g) for g in groups)  # noqa: E731
+    # the torch.optim group's widest member (momentum, 2000 B) sets its cap: 7000 // 2000 = 3; lion: 7
+    assert sizes(populations(specs, 16, memory=(7000, nbytes))) == [3, 3, 3, 3, 4]
+    assert sizes(populations(specs, 16, memory=(1e9, nbytes))) == [4, 12]
+    # not even two momentum members fit: the torch.optim keys train alone; lion pairs up (2500 // 1000 = 2)
+    assert sizes(populations(specs, 16, memory=(2500, nbytes))) == [1] * 12 + [2, 2]

@@ -427,6 +427,10 @@ class OrchestrationConfig(_Frozen):
     # one thread): MLP 784-64 1.41x, 784-256 (204k) 1.25x, 784-512 (407k) 0.99x. On a GPU batching should pay
     # far beyond: raise it there.
     population_max_params: int = Field(250_000, ge=1)
+    # max members by memory: a population's members (weights, gradients, optimizer state, what autograd saves
+    # for backward: sgdlab.train.population.member_bytes) may take at most this fraction of the memory free on
+    # the study's device when the sweep is planned, shared by the max_workers populations training at once
+    population_memory_fraction: float = Field(0.5, gt=0, le=1)
 
     @field_validator("population", mode="before")
     @classmethod

@@ -6,6 +6,8 @@ on; the phase raises at the end if any run failed, after the table is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sgdlab import results, tracking
 from sgdlab.phases import Outcome, PhaseFailed, Plan, Unit
 from sgdlab.study import Study
@@ -20,10 +22,13 @@ def plan(study: Study) -> Plan:
     )
     orch = study.cfg.orchestration
     if orch.population == "auto":
+        from sgdlab.train.population import available_bytes
+
+        budget = orch.population_memory_fraction * available_bytes(study.device) / orch.max_workers
         groups = populations(
             specs, orch.population_max_members, workers=orch.max_workers,
             max_params=orch.population_max_params, n_params=_param_counter(study, data),
-            min_members=orch.population_min_members,
+            min_members=orch.population_min_members, memory=(budget, _member_bytes(study, data)),
         )  # fmt: skip
     else:
         groups = [[s] for s in specs]
@@ -64,6 +69,29 @@ def _param_counter(study: Study, data):
     return count
 
 
+def _member_bytes(study: Study, data):
+    """spec -> bytes one population member of it holds (:func:`sgdlab.train.population.member_bytes`, from
+    shapes on the meta device)."""
+    from sgdlab.models import build_model
+    from sgdlab.train.population import member_bytes
+
+    memo: dict[str, int] = {}
+
+    def count(spec: RunSpec) -> int:
+        key = repr((spec.model, sorted(spec.model_kwargs.items()), spec.optimizer, spec.hparams, spec.batch_size))
+        if key not in memo:
+            splits = study.load(data)
+            model = build_model(
+                spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **spec.model_kwargs
+            )
+            memo[key] = member_bytes(
+                model, spec.optimizer, spec.hparams, spec.batch_size, splits.input_shape, splits.task
+            )["total"]
+        return memo[key]
+
+    return count
+
+
 def populations(
     specs: list[RunSpec],
     max_members: int,
@@ -72,6 +100,7 @@ def populations(
     max_params: int | None = None,
     n_params=None,
     min_members: int = 2,
+    memory: tuple[float, Callable[[RunSpec], int]] | None = None,
 ) -> list[list[RunSpec]]:
     """Group run keys that may share vectorised updates: same data, model, batch size, steps, loop and probe
     settings (seeds and hyper-parameters differ), and the same optimizer family, supported by the population
@@ -80,9 +109,11 @@ def populations(
     A group larger than ``max_members`` is split into the fewest groups of (near) equal sizes (17 -> 9 + 8);
     a group smaller than ``min_members`` trains alone, key by key (a population of 2 was slower than 2 runs
     alone on this CPU, README "Populations"). ``max_params`` with ``n_params(spec)``: models with more
-    parameters train alone (on a CPU a large model's step is compute-bound). ``workers``: while there are
-    fewer groups than workers, the largest group is halved if both halves keep ``min_members``, so a
-    population does not leave workers idle."""
+    parameters train alone (on a CPU a large model's step is compute-bound). ``memory``: ``(budget,
+    member_bytes)``: a group's members together hold at most ``budget`` bytes (its cap is
+    ``budget // max(member_bytes(spec))``, at most ``max_members``). ``workers``: while there are fewer
+    groups than workers, the largest group is halved if both halves keep ``min_members``, so a population does
+    not leave workers idle."""
     import json
     from dataclasses import asdict
 
@@ -113,7 +144,11 @@ def populations(
     out = []
     for key in order:
         g = groups[key]
-        parts = -(-len(g) // max_members)  # ceil
+        cap = max_members
+        if memory is not None and not key.startswith("alone:"):
+            budget, nbytes = memory
+            cap = max(1, min(max_members, int(budget // max(nbytes(s) for s in g))))
+        parts = -(-len(g) // cap)  # ceil
         bounds = [round(i * len(g) / parts) for i in range(parts + 1)]
         for a, b in zip(bounds, bounds[1:]):
             out.extend([g[a:b]] if b - a >= min_members else [[s] for s in g[a:b]])

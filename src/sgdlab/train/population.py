@@ -106,6 +106,85 @@ def population_blocker(model: nn.Module, optimizer_name: str, cfg: LoopConfig) -
     return None
 
 
+def member_bytes(
+    model: nn.Module,
+    optimizer_name: str,
+    hparams: dict | None,
+    batch_size: int,
+    sample_shape: Sequence[int],
+    task: str,
+) -> dict[str, int]:
+    """Memory one population member holds, in bytes, from shapes alone: ``model`` lives on the meta device,
+    so nothing is computed or allocated.
+
+    - ``weights`` and ``grads``: its parameters, once each;
+    - ``optimizer_state``: the state tensors its optimizer holds after one step (the registry's optimizer
+      stepped on meta tensors; where a family's step cannot run on meta, e.g. it reads a value with
+      ``.item()``, two tensors per weight are assumed, as Adam keeps);
+    - ``saved``: what autograd saves for backward in one forward at ``batch_size`` (counted with
+      ``torch.autograd.graph.saved_tensors_hooks``; what ``bench/bench_population.py`` measures on real
+      tensors), plus the minibatch (samples of ``sample_shape``) and the outputs;
+    - ``total``: their sum. A population of N holds about N x total.
+    """
+    from sgdlab.optim import build_optimizer
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or params[0].device.type != "meta":
+        raise ValueError("member_bytes: build the model on the meta device (device='meta')")
+    nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
+    weights = sum(nbytes(p) for p in params)
+    x = torch.empty((batch_size, *sample_shape), device="meta", dtype=params[0].dtype)
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += nbytes(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+        y = (
+            torch.empty(batch_size, device="meta", dtype=torch.long)
+            if task == "classification"
+            else torch.empty(out.shape[:1], device="meta", dtype=out.dtype)
+        )
+        loss = loss_fn(task, out, y)
+    saved += nbytes(x) + nbytes(y) + nbytes(out)
+    for p in params:
+        p.grad = torch.empty_like(p)
+    state = 2 * weights
+    try:
+        opt = build_optimizer(optimizer_name, model.named_parameters(), hparams)
+        opt.step(lambda k=0: loss.detach())
+        state = sum(nbytes(t) for st in opt.state.values() for t in st.values() if isinstance(t, torch.Tensor))
+    except Exception:  # noqa: BLE001 - a family whose step needs real values: the Adam-like assumption
+        pass
+    finally:
+        for p in params:
+            p.grad = None
+    total = 2 * weights + state + saved
+    return {"weights": weights, "grads": weights, "optimizer_state": state, "saved": saved, "total": total}
+
+
+def available_bytes(device: str | torch.device) -> int:
+    """Memory free for new tensors on ``device`` (``"auto"`` resolved as training does): CUDA's free memory,
+    else the host's available memory (``MemAvailable`` in ``/proc/meminfo``; free pages where there is none)."""
+    from sgdlab.device import resolve_device
+
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 @dataclass
 class Member:
     """One run of a population: the arguments of :func:`~sgdlab.train.train` for it."""
