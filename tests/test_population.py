@@ -234,8 +234,8 @@ def test_blockers_and_mismatches_are_named_before_any_compute():
     assert "micro-batches" in population_blocker(_model(0), "sgd", _cfg(0, physical_batch_size=8))
     a, b = _members("sgd", data, pairs=SEEDS_LRS[:2])
     before = [p.clone() for p in a.model.parameters()]
-    b.cfg = _cfg(1, steps=40)
-    with pytest.raises(ValueError, match=r"population member 1: LoopConfig.steps=40 differs from member 0's 50"):
+    b.cfg = _cfg(1, batch_size=8)
+    with pytest.raises(ValueError, match=r"population member 1: LoopConfig.batch_size=8 differs from member 0's 16"):
         train_population([a, b])
     b.cfg, b.optimizer_name = _cfg(1), "lion"
     with pytest.raises(ValueError, match="population member 1: optimizer 'lion' differs.*only adam, adamw"):
@@ -418,3 +418,31 @@ def test_member_bytes_from_shapes_equal_what_a_real_step_holds(opt, state_per_we
     with pytest.raises(ValueError, match="meta device"):
         member_bytes(real, opt, hp, batch, shape, "classification")
     assert available_bytes("cpu") > 0 and available_bytes("auto") > 0  # "auto": the study's default device
+
+
+def test_members_with_their_own_step_counts_schedules_and_cadences_end_as_alone(tmp_path):
+    """Loop settings outside SHARED_LOOP_FIELDS are per member: a member with fewer steps leaves the population
+    at its last step (its cosine schedule over its own steps), the others go on; every one ends as alone."""
+    data = _data()
+    own = [
+        dict(steps=20, schedule={"kind": "cosine"}, log_every=5),
+        dict(steps=50, eval_every=10, checkpoint_every=7),
+        dict(steps=35, log_every=7, blowup_factor=100.0, sampling="iid"),
+        dict(steps=50),
+    ]
+    members = []
+    for i, ((seed, lr), kw) in enumerate(zip(SEEDS_LRS, own)):
+        m = Member(_model(seed), "adam", _hp("adam", lr), data, _cfg(seed, **kw), metric_sink=Sink())
+        m.checkpoint_path = tmp_path / f"m{i}.pt"
+        members.append(m)
+    seen = []
+    results = train_population(members, progress=lambda step, total, m: seen.append((step, total, m["members"])))
+    assert seen[-1] == (50, 50, 0.0) and (20, 50, 3.0) in seen  # the 20-step member left at its step 20
+    for i, ((seed, lr), kw, m, res) in enumerate(zip(SEEDS_LRS, own, members, results)):
+        assert not isinstance(res, BaseException), res
+        alone, sink1 = _model(seed), Sink()
+        res1 = train(alone, "adam", _hp("adam", lr), data, _cfg(seed, **kw), checkpoint_path=tmp_path / f"a{i}.pt",
+                     metric_sink=sink1)  # fmt: skip
+        assert res.steps_done == res1.steps_done == kw["steps"]
+        assert _max_diff(m.model, alone) < 1e-10, kw
+        _same_points(m.metric_sink, sink1, 1e-9)

@@ -328,3 +328,23 @@ def test_population_size_is_capped_by_memory():
     assert sizes(populations(specs, 16, memory=(1e9, nbytes))) == [4, 12]
     # not even two momentum members fit: the torch.optim keys train alone; lion pairs up (2500 // 1000 = 2)
     assert sizes(populations(specs, 16, memory=(2500, nbytes))) == [1] * 12 + [2, 2]
+
+
+def test_keys_differing_in_steps_and_schedule_share_a_population():
+    """Step counts, schedules and cadences are per member (SVAG's l-scaled runs group); the batch size and the
+    shared-step settings (amp, physical batch) still split groups."""
+    from dataclasses import replace
+
+    from sgdlab.phases.sweep import populations
+
+    specs = expand(_cfg(sweep={"seeds": [0, 1, 2, 3], "optimizers": [{"name": "sgd", "lr": 0.1}]}), _data(), 180)
+    steps = [s.steps * (1 + i % 2) for i, s in enumerate(specs)]
+    mixed = [
+        replace(s, steps=t, loop={**s.loop, "log_every": t // 4, "schedule": {"kind": "cosine", "warmup_steps": 0}})
+        for s, t in zip(specs, steps)
+    ]
+    assert [len(g) for g in populations(mixed, 16)] == [4]
+    other_b = [replace(s, batch_size=s.batch_size * 2) if i < 2 else s for i, s in enumerate(specs)]
+    assert sorted(len(g) for g in populations(other_b, 16)) == [2, 2]
+    amp = [replace(s, loop={**s.loop, "amp_bf16": True}) if i < 2 else s for i, s in enumerate(specs)]
+    assert sorted(len(g) for g in populations(amp, 16)) == [2, 2]

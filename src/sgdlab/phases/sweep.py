@@ -102,9 +102,10 @@ def populations(
     min_members: int = 2,
     memory: tuple[float, Callable[[RunSpec], int]] | None = None,
 ) -> list[list[RunSpec]]:
-    """Group run keys that may share vectorised updates: same data, model, batch size, steps, loop and probe
-    settings (seeds and hyper-parameters differ), and the same optimizer family, supported by the population
-    path (the torch.optim families, ``SHARED_UPDATE_FAMILIES``, group together). Order is kept.
+    """Group run keys that may share vectorised updates: same data, model, batch size, probe settings and
+    the loop settings the shared step depends on (``SHARED_LOOP_FIELDS``; seeds, hyper-parameters, step counts
+    and schedules differ), and the same optimizer family, supported by the population path (the torch.optim
+    families, ``SHARED_UPDATE_FAMILIES``, group together). Order is kept.
 
     A group larger than ``max_members`` is split into the fewest groups of (near) equal sizes (17 -> 9 + 8);
     a group smaller than ``min_members`` trains alone, key by key (a population of 2 was slower than 2 runs
@@ -117,7 +118,7 @@ def populations(
     import json
     from dataclasses import asdict
 
-    from sgdlab.train.population import POPULATION_FAMILIES, SHARED_UPDATE_FAMILIES
+    from sgdlab.train.population import POPULATION_FAMILIES, SHARED_LOOP_FIELDS, SHARED_UPDATE_FAMILIES
 
     if not 1 <= min_members <= max_members:
         raise ValueError(f"population sizes: need 1 <= min_members={min_members} <= max_members={max_members}")
@@ -134,7 +135,8 @@ def populations(
             key = json.dumps(
                 [asdict(s.data), s.model, s.model_kwargs,
                  "torch.optim" if s.optimizer in SHARED_UPDATE_FAMILIES else s.optimizer,
-                 s.batch_size, s.steps, s.loop, s.probe], sort_keys=True, default=str,
+                 s.batch_size, {k: v for k, v in s.loop.items() if k in SHARED_LOOP_FIELDS}, s.probe],
+                sort_keys=True, default=str,
             )  # fmt: skip
         else:
             key = f"alone:{s.key}"

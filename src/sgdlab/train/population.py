@@ -11,21 +11,19 @@ linear nets, small CNNs). One at a time they leave a CPU or GPU idle on kernel l
   own ``_Run``, so a member's metrics, checkpoint file and result are those of its single run.
 - Per update, one ``torch.func.vmap`` of ``torch.func.functional_call`` computes all members' outputs and
   losses from their stacked parameters, and one ``backward`` of the summed losses gives every member its own
-  gradient (the members are independent). Members drawing plain minibatches of one dataset gather them in
-  one indexing op. How the parameters are stacked depends on the update:
+  gradient (the members are independent). Members drawing from one dataset gather their minibatches in one
+  indexing op. The members train *packed*: each member's parameter is a row of one stacked leaf tensor per
+  parameter name (``_pack``), so neither the forward nor the gradient copies weights, and the stack takes the
+  memory layout of its gradient (a vmapped ``nn.Linear`` weight's comes transposed). Each member's optimizer
+  updates its own rows in place.
   - plain ``torch.optim`` SGD, momentum, Nesterov, Adam, AdamW and rmsprop_bc members take one shared update
-    in ``torch._foreach_*`` calls (:mod:`~sgdlab.train.foreach_step`, bit-identical on the CPU) and train
-    *packed*: each member's parameter is a row of one stacked leaf tensor per parameter name (``_pack``), so
-    neither the forward nor the gradient copies weights, and the stack takes the memory layout of its
-    gradient (a vmapped ``nn.Linear`` weight's comes transposed);
-  - other families: the members' own parameters are stacked each step (``torch.stack``, a function of each
-    member's leaf parameters, so ``backward`` puts each gradient on its own ``.grad``) and each member's
-    optimizer steps with a closure that returns the loss already computed. That is exactly the single-run
-    step for families whose ``step(closure)`` calls ``closure(k)`` once for each of its
-    ``k < batches_per_step`` minibatches, all at the current parameters (``POPULATION_FAMILIES``; each is
-    checked in ``tests/test_population.py``). Families that re-evaluate the gradient at moved weights (SAM,
-    GAM), need second-order graphs (AdaHessian) or keep worker copies (Local SGD) are trained one at a time
-    (:func:`population_blocker` says why).
+    in ``torch._foreach_*`` calls (:mod:`~sgdlab.train.foreach_step`, bit-identical on the CPU);
+  - other families step each member's optimizer with a closure that returns the loss already computed. That
+    is exactly the single-run step for families whose ``step(closure)`` calls ``closure(k)`` once for each of
+    its ``k < batches_per_step`` minibatches, all at the current parameters (``POPULATION_FAMILIES``; each is
+    checked in ``tests/test_population.py``, packed). Families that re-evaluate the gradient at moved weights
+    (SAM, GAM), need second-order graphs (AdaHessian) or keep worker copies (Local SGD) are trained one at a
+    time (:func:`population_blocker` says why).
 - A member that diverges is stopped at the log point that detects it, as alone; a member whose hook or
   optimizer raises is stopped with that error; the others go on.
 
@@ -73,6 +71,12 @@ POPULATION_FAMILIES = frozenset(
 # population may mix them (sgd with momentum with adam ...), as their members share the forward/backward and
 # each keeps its own optimizer; other families populate only with their own kind
 SHARED_UPDATE_FAMILIES = frozenset({"sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop_bc"})
+
+# the LoopConfig fields the shared forward/backward depends on: equal in every member. The others (steps,
+# schedule, log/eval/checkpoint cadence, divergence threshold, sampling, seed) are each member's own bookkeeping,
+# so members may differ in them (SVAG's l-scaled step counts train as one population); a member whose last step
+# comes first leaves the population there
+SHARED_LOOP_FIELDS = ("batch_size", "physical_batch_size", "device", "amp_bf16", "compile", "task")
 
 # families that keep the contract above but are trained alone anyway, and why
 TRAINED_ALONE = {
@@ -204,7 +208,7 @@ def check_population(members: Sequence[Member]) -> None:
     if not members:
         raise ValueError("a population needs at least one member")
     first = members[0]
-    base = {**first.cfg.to_dict(), "seed": None}
+    base = first.cfg.to_dict()
     shapes = [(n, tuple(p.shape), p.dtype) for n, p in first.model.named_parameters()]
     buffers = [(n, tuple(b.shape), b.dtype) for n, b in first.model.named_buffers()]
     for i, m in enumerate(members):
@@ -219,8 +223,8 @@ def check_population(members: Sequence[Member]) -> None:
                 f"{where}: optimizer {m.optimizer_name!r} differs from member 0's {first.optimizer_name!r} "
                 f"(only {', '.join(sorted(SHARED_UPDATE_FAMILIES))} mix in one population)"
             )
-        other = {**m.cfg.to_dict(), "seed": None}
-        for key in base:
+        other = m.cfg.to_dict()
+        for key in SHARED_LOOP_FIELDS:
             if other[key] != base[key]:
                 raise ValueError(f"{where}: LoopConfig.{key}={other[key]!r} differs from member 0's {base[key]!r}")
         if type(m.model) is not type(first.model):
@@ -263,8 +267,7 @@ def train_population(
     device = runs[0].device
     if any(r.device != device for r in runs):
         raise ValueError("population members must train on one device")
-    cfg0 = members[0].cfg
-    show = make_progress(progress, cfg0.steps)
+    show = make_progress(progress, max(m.cfg.steps for m in members))
     results: list[TrainResult | BaseException | None] = [None] * len(runs)
     rng_devices = _rng_devices(device)
     with rng.forked(rng_devices):  # the caller's global RNG is restored after
@@ -351,13 +354,14 @@ class _Population:
         # the members' tensors, listed once (their identities never change; named_parameters per step costs)
         self.params = {id(r): [q for _, q in r.model.named_parameters()] for r in runs}
         self.buffers = {id(r): [q for _, q in r.model.named_buffers()] for r in runs}
-        # members drawing plain minibatches (one per step, no label noise) of the same tensors: their batches
-        # are gathered in one indexing op, xt[stacked indices] (the values each would gather alone)
+        # members drawing from the same tensors: their minibatches are gathered in one indexing op per k,
+        # xt[stacked indices] (the values each would gather alone)
         xt, yt = runs[0].data.x_train, runs[0].data.y_train
-        self.shared_data = all(
-            r.bps == 1 and r.perturb is None and r.data.x_train is xt and _same(r.data.y_train, yt) for r in runs
-        )
-        # foreach members train "packed": see _pack
+        self.shared_data = all(r.data.x_train is xt and _same(r.data.y_train, yt) for r in runs)
+        self.perturb = any(r.perturb is not None for r in runs)
+        if self.perturb and not all(r.perturb is not None for r in runs):
+            self.shared_data = False  # a mix of noisy and clean members: each draws as alone
+        # the members train "packed": see _pack
         self.packed: list | None = None  # the live members the stacks hold, in order
         self.stacks: list[torch.Tensor] = []
         self.views: list[tuple[torch.Tensor, int]] = []  # (member parameter, the address it must keep)
@@ -373,11 +377,12 @@ class _Population:
 
         The forward then reads the stacks with no per-step copy, the backward leaves one gradient per stack
         (each member's ``.grad`` is set to its row, no accumulation copy), and the members' optimizers update
-        the rows in place through their own parameters. Only for the foreach families (torch.optim's
-        single-tensor SGD/Adam algorithms update each parameter in place and keep no alias of its storage);
-        a parameter found re-bound (an ``on_step`` hook assigning ``.data``) is repacked from its values.
-        Checkpoints stay per member: :func:`sgdlab.integrity.save_verified` writes a view's own elements.
-        Memory: one stacked copy of the weights, as the per-step stack held.
+        the rows in place through their own parameters. This needs optimizers that update parameters in place
+        and keep no alias of a parameter's storage from before the packing: every family of
+        ``POPULATION_FAMILIES`` is checked against its single run, packed. A parameter found re-bound (an
+        ``on_step`` hook or an optimizer assigning ``.data``) is repacked from its values. Checkpoints stay per
+        member: :func:`sgdlab.integrity.save_verified` writes a view's own elements. The members' own weight
+        storage is released, so the stack is no extra copy.
         """
         self._unpack()
         self.stacks = []
@@ -422,14 +427,19 @@ class _Population:
             for r in live:
                 r.draw()
             return [tuple(torch.stack([r.batches[k][j] for r in live]) for j in range(3)) for k in range(self.bps)]
-        for r in live:  # Run.draw without the gather
+        for r in live:  # Run.draw without the gathers
             if not r.constant_lr:
                 r.lr = r._set_lr(r.step)
-            r.recorded = [None]
-        data = live[0].data
-        idx = torch.stack([r.sampler.next_indices() for r in live])  # (N, B)
-        y = data.y_train[idx]
-        return [(data.x_train[idx], y, y)]
+            r.recorded = [None] * self.bps
+        data, out = live[0].data, []
+        for k in range(self.bps):  # each member's draws in its own order: indices k, then its label noise for k
+            idx = torch.stack([r.samplers[k].next_indices() for r in live])  # (N, B)
+            y = data.y_train[idx]
+            y_used = y
+            if self.perturb:  # label-noise SGD: each member's fresh noise, from its own generator
+                y_used = torch.stack([r.perturb(y[i], r.sampler.generator) for i, r in enumerate(live)])
+            out.append((data.x_train[idx], y_used, y))
+        return out
 
     def _forward_backward(self, live, batches) -> list[list[list[torch.Tensor | None]]] | None:
         """Gradients of every live member on each of its minibatches (``batches``: from :meth:`_draw`);
@@ -439,19 +449,15 @@ class _Population:
         buffers = [self.buffers[id(r)] for r in live]
         stashed = [] if self.bps > 1 else None
         classify = self.task == "classification"
-        pack = self.foreach
-        if pack and not self._packed_ok(live):
+        if not self._packed_ok(live):
             self._pack(live)
         for k in range(self.bps):
             hooks = []
-            if pack:
-                stacked = tuple(self.stacks)
-                for j, s in enumerate(self.stacks):
-                    s.grad = None
-                    if j not in self.grad_layout:  # learn the gradient's layout at the first backward
-                        hooks.append(s.register_hook(lambda g, j=j: self.grad_layout.__setitem__(j, _layout(g))))
-            else:
-                stacked = tuple(torch.stack([ps[j] for ps in params]) for j in range(len(self.param_names)))
+            stacked = tuple(self.stacks)
+            for j, s in enumerate(self.stacks):
+                s.grad = None
+                if j not in self.grad_layout:  # learn the gradient's layout at the first backward
+                    hooks.append(s.register_hook(lambda g, j=j: self.grad_layout.__setitem__(j, _layout(g))))
             tensors = stacked + tuple(torch.stack([bs[j] for bs in buffers]) for j in range(len(self.buffer_names)))
             x, y, y_clean = batches[k]
             for ps in params:  # what opt.zero_grad(set_to_none=True) does, without its profiler overhead
@@ -472,10 +478,9 @@ class _Population:
                     for j, s in enumerate(self.stacks)
                 ):
                     self.packed = None  # repack in the gradients' layout before the next step
-            if pack:  # each member's gradient: its row of the stack's
-                for i, ps in enumerate(params):
-                    for q, s in zip(ps, self.stacks):
-                        q.grad = None if s.grad is None else s.grad[i]
+            for i, ps in enumerate(params):  # each member's gradient: its row of the stack's
+                for q, s in zip(ps, self.stacks):
+                    q.grad = None if s.grad is None else s.grad[i]
             for i, r in enumerate(live):
                 r.recorded[k] = loss[i]
                 if classify:
@@ -494,7 +499,8 @@ class _Population:
         for i, r in enumerate(runs):
             if i not in active:
                 results[i] = r.end()  # resumed from its final checkpoint: only the final evaluation
-        steps = runs[0].cfg.steps
+        steps = max(r.cfg.steps for r in runs)  # the population's last step (members may stop before)
+        show_every = min(r.cfg.log_every for r in runs)
         while active:
             live = [runs[i] for i in active]
             stashed = self._forward_backward(live, self._draw(live))
@@ -511,8 +517,8 @@ class _Population:
                     results[i] = exc
                     stopped.append(i)
             active = [i for i in active if i not in stopped]
-            step = live[0].step
-            if self.show is not None and (step % runs[0].cfg.log_every == 0 or step == steps):
+            step = max(r.step for r in live)
+            if self.show is not None and (step % show_every == 0 or not active):
                 self.show(step, steps, {"members": float(len(active))})
             if active and interrupt.requested():  # Ctrl-C / SIGTERM: every member keeps this step, then stop
                 for i in active:
