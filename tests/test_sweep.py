@@ -348,3 +348,22 @@ def test_keys_differing_in_steps_and_schedule_share_a_population():
     assert sorted(len(g) for g in populations(other_b, 16)) == [2, 2]
     amp = [replace(s, loop={**s.loop, "amp_bf16": True}) if i < 2 else s for i, s in enumerate(specs)]
     assert sorted(len(g) for g in populations(amp, 16)) == [2, 2]
+
+
+def test_convolutional_models_train_alone_on_the_cpu():
+    """auto on the CPU: keys of a model with convolutions train alone (vmapped they were slower), MLP keys group;
+    populations(alone=...) is the rule."""
+    from sgdlab.phases.sweep import _conv_on_cpu, populations
+    from sgdlab.study import Study
+
+    models = [{"name": "cnn", "kwargs": {"width": 0.25}}, {"name": "mlp", "kwargs": {"widths": [16]}}]
+    cfg = _cfg(sweep={"seeds": [0, 1, 2], "optimizers": [{"name": "sgd", "lr": 0.1}], "models": models},
+               data={"datasets": ["fashion_mnist"]}, train={"dataset": "fashion_mnist"}, study={"device": "cpu"})  # fmt: skip
+    specs = expand(cfg, _data(), n_train=180)
+    study = Study(cfg)
+    fake = type("Splits", (), {"input_shape": (1, 28, 28), "num_outputs": 10})()
+    study.load = lambda data=None: fake  # shapes only: no dataset needed to decide
+    conv = _conv_on_cpu(study, None)
+    assert [conv(s) for s in specs] == [s.model == "cnn" for s in specs]
+    groups = populations(specs, 16, alone=conv)
+    assert sorted((len(g), g[0].model) for g in groups) == [(1, "cnn")] * 3 + [(3, "mlp")]

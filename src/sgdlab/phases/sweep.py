@@ -29,6 +29,7 @@ def plan(study: Study) -> Plan:
             specs, orch.population_max_members, workers=orch.max_workers,
             max_params=orch.population_max_params, n_params=_param_counter(study, data),
             min_members=orch.population_min_members, memory=(budget, _member_bytes(study, data)),
+            alone=_conv_on_cpu(study, data),
         )  # fmt: skip
     else:
         groups = [[s] for s in specs]
@@ -69,6 +70,32 @@ def _param_counter(study: Study, data):
     return count
 
 
+def _conv_on_cpu(study: Study, data):
+    """spec -> True when its model has convolutions and the study trains on the CPU: vmapped, a convolution with
+    per-member weights runs as a grouped convolution, slower there than the members one at a time (CNN of 207k
+    parameters, 3 and 8 Adam runs, one thread: 0.68-0.75x; README "Populations")."""
+    from torch import nn
+
+    from sgdlab.device import resolve_device
+    from sgdlab.models import build_model
+
+    if resolve_device(study.device).type != "cpu":
+        return lambda spec: False
+    memo: dict[str, bool] = {}
+
+    def conv(spec: RunSpec) -> bool:
+        key = repr((spec.model, sorted(spec.model_kwargs.items())))
+        if key not in memo:
+            splits = study.load(data)
+            model = build_model(
+                spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **spec.model_kwargs
+            )
+            memo[key] = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+        return memo[key]
+
+    return conv
+
+
 def _member_bytes(study: Study, data):
     """spec -> bytes one population member of it holds (:func:`sgdlab.train.population.member_bytes`, from
     shapes on the meta device)."""
@@ -101,6 +128,7 @@ def populations(
     n_params=None,
     min_members: int = 2,
     memory: tuple[float, Callable[[RunSpec], int]] | None = None,
+    alone: Callable[[RunSpec], bool] | None = None,
 ) -> list[list[RunSpec]]:
     """Group run keys that may share vectorised updates: same data, model, batch size, probe settings and
     the loop settings the shared step depends on (``SHARED_LOOP_FIELDS``; seeds, hyper-parameters, step counts
@@ -112,7 +140,8 @@ def populations(
     alone on this CPU, README "Populations"). ``max_params`` with ``n_params(spec)``: models with more
     parameters train alone (on a CPU a large model's step is compute-bound). ``memory``: ``(budget,
     member_bytes)``: a group's members together hold at most ``budget`` bytes (its cap is
-    ``budget // max(member_bytes(spec))``, at most ``max_members``). ``workers``: while there are fewer
+    ``budget // max(member_bytes(spec))``, at most ``max_members``). ``alone(spec)``: True trains the key
+    alone (convolutions on the CPU). ``workers``: while there are fewer
     groups than workers, the largest group is halved if both halves keep ``min_members``, so a population does
     not leave workers idle."""
     import json
@@ -125,6 +154,8 @@ def populations(
 
     def joins(s: RunSpec) -> bool:
         if s.optimizer not in POPULATION_FAMILIES or s.loop.get("physical_batch_size") or s.loop.get("compile"):
+            return False
+        if alone is not None and alone(s):
             return False
         return max_params is None or n_params(s) <= max_params
 
