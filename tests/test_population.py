@@ -446,3 +446,19 @@ def test_members_with_their_own_step_counts_schedules_and_cadences_end_as_alone(
         assert res.steps_done == res1.steps_done == kw["steps"]
         assert _max_diff(m.model, alone) < 1e-10, kw
         _same_points(m.metric_sink, sink1, 1e-9)
+
+
+def test_frozen_parameters_stay_frozen_in_a_packed_population():
+    """A parameter with requires_grad=False gets no gradient and keeps its value, as alone."""
+    data = _data()
+    members = _members("adam", data, pairs=SEEDS_LRS[:3], steps=20)
+    for m in members:
+        m.model.net[1].bias.requires_grad_(False)
+    before = [m.model.net[1].bias.detach().clone() for m in members]
+    train_population(members)
+    for (seed, lr), m, b in zip(SEEDS_LRS[:3], members, before):
+        assert m.model.net[1].bias.grad is None and torch.equal(m.model.net[1].bias, b)
+        alone = _model(seed)
+        alone.net[1].bias.requires_grad_(False)
+        train(alone, "adam", _hp("adam", lr), data, _cfg(seed, steps=20))
+        assert _max_diff(m.model, alone) < 1e-10

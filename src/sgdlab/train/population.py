@@ -395,7 +395,7 @@ class _Population:
                     values = torch.empty_strided(values.shape, strides, dtype=values.dtype, device=values.device).copy_(
                         values
                     )
-                self.stacks.append(values.requires_grad_())
+                self.stacks.append(values.requires_grad_(self.params[id(live[0])][j].requires_grad))
         self.views = []
         for i, r in enumerate(live):
             for q, s in zip(self.params[id(r)], self.stacks):
@@ -456,7 +456,7 @@ class _Population:
             stacked = tuple(self.stacks)
             for j, s in enumerate(self.stacks):
                 s.grad = None
-                if j not in self.grad_layout:  # learn the gradient's layout at the first backward
+                if j not in self.grad_layout and s.requires_grad:  # learn the gradient's layout at the first backward
                     hooks.append(s.register_hook(lambda g, j=j: self.grad_layout.__setitem__(j, _layout(g))))
             tensors = stacked + tuple(torch.stack([bs[j] for bs in buffers]) for j in range(len(self.buffer_names)))
             x, y, y_clean = batches[k]
