@@ -460,9 +460,6 @@ class _Population:
                     hooks.append(s.register_hook(lambda g, j=j: self.grad_layout.__setitem__(j, _layout(g))))
             tensors = stacked + tuple(torch.stack([bs[j] for bs in buffers]) for j in range(len(self.buffer_names)))
             x, y, y_clean = batches[k]
-            for ps in params:  # what opt.zero_grad(set_to_none=True) does, without its profiler overhead
-                for q in ps:
-                    q.grad = None
             if self.amp is not None:
                 with self.amp:
                     out, loss = self.batched(tensors, x, y)
@@ -478,7 +475,7 @@ class _Population:
                     for j, s in enumerate(self.stacks)
                 ):
                     self.packed = None  # repack in the gradients' layout before the next step
-            for i, ps in enumerate(params):  # each member's gradient: its row of the stack's
+            for i, ps in enumerate(params):  # each member's gradient: its row of the stack's (zero_grad's job too)
                 for q, s in zip(ps, self.stacks):
                     q.grad = None if s.grad is None else s.grad[i]
             for i, r in enumerate(live):
