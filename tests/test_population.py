@@ -277,14 +277,17 @@ def test_hooks_see_each_member_exactly_as_its_single_run_does():
         _same_points(m.metric_sink, sink, 1e-9)
 
 
-@pytest.mark.parametrize("opt,shared", [("adam", True), ("momentum", True), ("lion", False)])
+@pytest.mark.parametrize(
+    "opt,shared", [("adam", True), ("momentum", True), ("svag", True), ("svag_adam", True), ("lion", False)]
+)
 def test_torch_optim_members_take_one_shared_foreach_update(monkeypatch, opt, shared):
-    """sgd/momentum/nesterov/adam/adamw/rmsprop_bc members step in foreach calls (foreach_step.py); others alone."""
+    """sgd/momentum/nesterov/adam/adamw/rmsprop_bc and the SVAG members step in foreach calls (foreach_step.py);
+    others each alone."""
     import sgdlab.train.population as pop
 
     calls = []
     real = pop.foreach_step
-    monkeypatch.setattr(pop, "foreach_step", lambda opts: (calls.append(len(opts)), real(opts)))
+    monkeypatch.setattr(pop, "foreach_step", lambda opts, first=None: (calls.append(len(opts)), real(opts, first)))
     data = _data()
     members = _members(opt, data, pairs=SEEDS_LRS[:3], steps=10)
     train_population(members)

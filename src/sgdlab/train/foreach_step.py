@@ -15,6 +15,11 @@ foreach op is a loop of the very same per-tensor kernel, so every member's param
 ``torch.optim`` keeps it (``opt.state[p]``: ``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``), so
 ``state_dict()``, checkpoints and resume are those of the single run.
 
+SVAG's optimizers (``svag``, ``svag_momentum``, ``svag_adam``: torch SGD / Adam whose step first combines two
+minibatch gradients, ``a g0 + b g1``) take it too: :func:`foreach_step` gets each parameter's minibatch-0
+gradient in ``first_grads`` and combines in foreach ops the way their ``accumulate_gradient`` does (tested bit for
+bit against their ``step(closure)``).
+
 Only plain configurations take this path (:func:`foreach_eligible`); anything else (amsgrad, maximize,
 ``foreach``/``fused``/``capturable``/``differentiable`` set, step hooks, several parameter groups, sparse
 gradients) keeps the per-member ``step``.
@@ -25,28 +30,42 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-__all__ = ["foreach_eligible", "foreach_step"]
+__all__ = ["foreach_eligible", "foreach_step", "two_batch"]
 
 # the torch classes whose step is reproduced here (sgdlab's exact_load subclasses add only load_state_dict)
 _KINDS = ((torch.optim.AdamW, "adam"), (torch.optim.Adam, "adam"), (torch.optim.SGD, "sgd"))
 
 
 def _kind(opt: torch.optim.Optimizer) -> str | None:
-    return _kind_of(type(opt))
+    return _kind_of(type(opt))[0]
+
+
+def two_batch(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``opt`` is an SVAG optimizer (sgdlab.optim.own.svag): its step combines the gradients of two
+    minibatches, ``a g0 + b g1``, then takes the plain SGD / Adam step (:func:`foreach_step` with
+    ``first_grads``)."""
+    return _kind_of(type(opt))[1]
 
 
 @functools.cache
-def _kind_of(t: type) -> str | None:
+def _kind_of(t: type) -> tuple[str | None, bool]:
+    from sgdlab.optim.own.svag import _TwoBatchMixin
+
+    # the classes that define step, nearest first; torch wraps each class's step in a profiling hook, so the
+    # functions underneath are compared
+    # (a subclass's own entry may be that profiling wrapper around the step it inherits: counted once)
+    defining = list(dict.fromkeys(inspect.unwrap(c.__dict__["step"]) for c in t.__mro__ if "step" in c.__dict__))
+    two = bool(defining) and defining[0] is inspect.unwrap(_TwoBatchMixin.step)
+    own = defining[1] if two and len(defining) > 1 else defining[0] if defining else None
     for cls, kind in _KINDS:
         if issubclass(t, cls):
-            # torch wraps each optimizer class's step in a profiling hook: compare the functions underneath
-            return kind if inspect.unwrap(t.step) is inspect.unwrap(cls.step) else None
-    return None
+            return (kind, two) if own is inspect.unwrap(cls.step) else (None, False)
+    return None, False
 
 
 def foreach_eligible(opt: torch.optim.Optimizer) -> str | None:
@@ -69,11 +88,21 @@ def foreach_eligible(opt: torch.optim.Optimizer) -> str | None:
     return None
 
 
-def foreach_step(opts: Sequence[torch.optim.Optimizer]) -> None:
+def foreach_step(
+    opts: Sequence[torch.optim.Optimizer], first_grads: Mapping[torch.Tensor, torch.Tensor | None] | None = None
+) -> None:
     """Step every optimizer in ``opts`` (each :func:`foreach_eligible`) from the gradients on its parameters.
 
-    Equivalent to ``for opt in opts: opt.step()``; parameters without ``.grad`` are skipped, as there.
+    Equivalent to ``for opt in opts: opt.step()``; parameters without ``.grad`` are skipped, as there. SVAG
+    optimizers (:func:`two_batch`) need ``first_grads``: parameter -> its gradient on minibatch 0, with the
+    gradient on minibatch 1 on ``.grad``; equivalent to their ``step(closure)`` with a closure that leaves
+    those gradients (the combined gradient stays on ``.grad``, as there).
     """
+    two = [o for o in opts if two_batch(o)]
+    if two:
+        if first_grads is None:
+            raise ValueError("foreach_step: SVAG optimizers need first_grads (each parameter's minibatch-0 gradient)")
+        _combine(two, first_grads)
     sgd = [o for o in opts if _kind(o) == "sgd"]
     adam = [o for o in opts if _kind(o) == "adam"]
     with torch.no_grad():
@@ -81,6 +110,30 @@ def foreach_step(opts: Sequence[torch.optim.Optimizer]) -> None:
             _sgd(sgd)
         if adam:
             _adam(adam)
+
+
+@torch.no_grad()
+def _combine(opts, first_grads) -> None:
+    """``p.grad = a * g0 + b * g1`` per parameter, as ``_TwoBatchMixin.accumulate_gradient`` (a missing gradient
+    counts as zeros; none on either minibatch leaves ``p.grad`` None), in foreach ops grouped by (a, b)."""
+    from sgdlab.optim.own.svag import svag_coefficients
+
+    groups: dict[tuple[float, float], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = defaultdict(list)
+    for opt in opts:
+        ab = svag_coefficients(opt._variance_multiplier())
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            g0, g1 = first_grads.get(p), p.grad
+            if g0 is None and g1 is None:
+                continue
+            g0 = torch.zeros_like(p) if g0 is None else g0
+            g1 = torch.zeros_like(p) if g1 is None else g1.detach()
+            groups[ab].append((p, g0, g1))
+    for (a, b), members in groups.items():
+        combined = torch._foreach_add(
+            torch._foreach_mul([g0 for _, g0, _ in members], a), torch._foreach_mul([g1 for *_, g1 in members], b)
+        )
+        for (p, _, _), g in zip(members, combined):
+            p.grad = g
 
 
 def _with_grads(opt):

@@ -16,8 +16,9 @@ linear nets, small CNNs). One at a time they leave a CPU or GPU idle on kernel l
   parameter name (``_pack``), so neither the forward nor the gradient copies weights, and the stack takes the
   memory layout of its gradient (a vmapped ``nn.Linear`` weight's comes transposed). Each member's optimizer
   updates its own rows in place.
-  - plain ``torch.optim`` SGD, momentum, Nesterov, Adam, AdamW and rmsprop_bc members take one shared update
-    in ``torch._foreach_*`` calls (:mod:`~sgdlab.train.foreach_step`, bit-identical on the CPU);
+  - plain ``torch.optim`` SGD, momentum, Nesterov, Adam, AdamW, rmsprop_bc and label-noise SGD members, and
+    SVAG's (two minibatch gradients combined, then SGD / Adam), take one shared update in ``torch._foreach_*``
+    calls (:mod:`~sgdlab.train.foreach_step`, bit-identical on the CPU);
   - other families step each member's optimizer with a closure that returns the loss already computed. That
     is exactly the single-run step for families whose ``step(closure)`` calls ``closure(k)`` once for each of
     its ``k < batches_per_step`` minibatches, all at the current parameters (``POPULATION_FAMILIES``; each is
@@ -51,7 +52,7 @@ from sgdlab import interrupt, rng
 
 from .config import DataTensors, LoopConfig, TrainResult
 from .evaluate import loss_fn
-from .foreach_step import foreach_eligible, foreach_step
+from .foreach_step import foreach_eligible, foreach_step, two_batch
 from .loop import MetricSink, StepHook, _derive_seed, _prepare, _rng_devices
 from .progress import make_progress
 
@@ -340,8 +341,11 @@ class _Population:
         self.bps = runs[0].bps
         self.task = runs[0].cfg.task
         self.amp = runs[0].amp
-        # plain torch.optim SGD/Adam/AdamW members step together (foreach_step.py); others one by one
-        self.foreach = self.bps == 1 and all(foreach_eligible(r.opt) is None for r in runs)
+        # plain torch.optim SGD/Adam/AdamW members (one minibatch per step) and SVAG members (two) step together
+        # (foreach_step.py); others one by one
+        self.foreach = all(foreach_eligible(r.opt) is None for r in runs) and (
+            self.bps == 1 or (self.bps == 2 and all(two_batch(r.opt) for r in runs))
+        )
         task = self.task
 
         names = self.param_names + self.buffer_names
@@ -503,7 +507,13 @@ class _Population:
             stashed = self._forward_backward(live, self._draw(live))
             stopped = []
             if self.foreach:  # every member's torch.optim update in shared foreach calls (bit-identical on CPU)
-                foreach_step([r.opt for r in live])
+                first = None
+                if stashed is not None:  # SVAG: minibatch 1's gradients on .grad, minibatch 0's passed along
+                    first = {}
+                    for j, r in enumerate(live):
+                        for q, g0, g1 in zip(self.params[id(r)], stashed[0][j], stashed[1][j]):
+                            q.grad, first[q] = g1, g0
+                foreach_step([r.opt for r in live], first)
             for j, (i, r) in enumerate(zip(active, live)):
                 try:
                     ret = r.recorded[0] if self.foreach else r.opt.step(self._closure(r, j, stashed))
