@@ -52,22 +52,31 @@ def plan(study: Study) -> Plan:
     )
 
 
-def _param_counter(study: Study, data):
-    """spec -> trainable parameters of its model (built on the meta device: no memory, no init compute)."""
-    from sgdlab.models import build_model, param_count
+def _meta_model(study: Study, data):
+    """spec -> its model built on the meta device (shapes only: no memory, no init compute), one per model and
+    kwargs: what the grouping rules below read."""
+    from sgdlab.models import build_model
 
-    memo: dict[str, int] = {}
+    memo: dict[str, object] = {}
 
-    def count(spec: RunSpec) -> int:
+    def build(spec: RunSpec):
         key = repr((spec.model, sorted(spec.model_kwargs.items())))
         if key not in memo:
             splits = study.load(data)  # memoised per process: the sweep's units reuse it
-            kw = spec.model_kwargs
-            model = build_model(spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **kw)
-            memo[key] = param_count(model)
+            memo[key] = build_model(
+                spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **spec.model_kwargs
+            )
         return memo[key]
 
-    return count
+    return build
+
+
+def _param_counter(study: Study, data):
+    """spec -> trainable parameters of its model."""
+    from sgdlab.models import param_count
+
+    meta = _meta_model(study, data)
+    return lambda spec: param_count(meta(spec))
 
 
 def _conv_on_cpu(study: Study, data):
@@ -77,42 +86,27 @@ def _conv_on_cpu(study: Study, data):
     from torch import nn
 
     from sgdlab.device import resolve_device
-    from sgdlab.models import build_model
 
     if resolve_device(study.device).type != "cpu":
         return lambda spec: False
-    memo: dict[str, bool] = {}
-
-    def conv(spec: RunSpec) -> bool:
-        key = repr((spec.model, sorted(spec.model_kwargs.items())))
-        if key not in memo:
-            splits = study.load(data)
-            model = build_model(
-                spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **spec.model_kwargs
-            )
-            memo[key] = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-        return memo[key]
-
-    return conv
+    meta = _meta_model(study, data)
+    return lambda spec: any(isinstance(m, nn.modules.conv._ConvNd) for m in meta(spec).modules())
 
 
 def _member_bytes(study: Study, data):
     """spec -> bytes one population member of it holds (:func:`sgdlab.train.population.member_bytes`, from
     shapes on the meta device)."""
-    from sgdlab.models import build_model
     from sgdlab.train.population import member_bytes
 
+    meta = _meta_model(study, data)
     memo: dict[str, int] = {}
 
     def count(spec: RunSpec) -> int:
         key = repr((spec.model, sorted(spec.model_kwargs.items()), spec.optimizer, spec.hparams, spec.batch_size))
         if key not in memo:
             splits = study.load(data)
-            model = build_model(
-                spec.model, splits.input_shape, splits.num_outputs, seed=0, device="meta", **spec.model_kwargs
-            )
             memo[key] = member_bytes(
-                model, spec.optimizer, spec.hparams, spec.batch_size, splits.input_shape, splits.task
+                meta(spec), spec.optimizer, spec.hparams, spec.batch_size, splits.input_shape, splits.task
             )["total"]
         return memo[key]
 
